@@ -1,0 +1,43 @@
+# medha-vllm: the two commands a newcomer needs are `make demo` and `make test`.
+# Each does its own idempotent set-up (virtual env in .venv, built-in models in
+# ~/.cache/medha-vllm, override with MEDHA_CACHE_DIR).
+PY := .venv/bin/python
+export VLLM_CPU_KVCACHE_SPACE ?= 4
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+models: setup
+	@$(PY) -m medha_vllm.models
+
+demo: models
+	@$(PY) -m medha_vllm.demo
+
+test: models
+	@$(PY) -m pytest -q tests
+
+test-all: models
+	@$(PY) -m pytest -q -m "" tests
+
+bench-hol: models
+	@$(PY) benchmarks/bench_hol.py
+
+bench-capacity: models
+	@$(PY) benchmarks/bench_capacity.py
+
+bench-sched: setup
+	@$(PY) benchmarks/bench_sched.py
+
+bench-predictor: models
+	@$(PY) benchmarks/bench_predictor.py
+
+bench-kernels: setup
+	@$(PY) benchmarks/bench_kernels.py
+
+clean:
+	rm -rf .venv build *.egg-info

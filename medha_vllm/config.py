@@ -1,0 +1,149 @@
+"""MedhaConfig: every Medha option, validated on creation.
+
+Pure Python (no vllm/torch import) so policy code and tests can use it alone.
+Options arrive through `--additional-config '{"medha": {...}}'`, `--medha-*`
+flags (see patches/cli_args.py) or `LLM(..., additional_config={"medha": ...})`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class MedhaConfigError(ValueError):
+    """A Medha option has a bad value; the message names the option and range."""
+
+
+# (name, type, lower, upper, lower_inclusive, help). None bounds are open.
+_SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
+    "target_batch_time_s": (float, 0.0, 60.0, False,
+        "time budget of one engine iteration (s); chunks are sized to fit it"),
+    "tbt_slo_s": (float, 0.0, 600.0, False,
+        "deadline between consecutive output tokens (s); default 1.5 x target_batch_time_s"),
+    "ttft_deadline_multiplier": (float, 1.0, 1000.0, True,
+        "TTFT deadline = max(multiplier x predicted standalone prefill time, floor)"),
+    "ttft_deadline_floor_s": (float, 0.0, 86400.0, True,
+        "lower bound of the length-aware TTFT deadline (s)"),
+    "min_chunk_size": (int, 1, 1 << 20, True,
+        "smallest prefill chunk (tokens); also the step of the chunk-size grid"),
+    "max_chunk_size": (int, 1, 1 << 22, True,
+        "largest prefill chunk (tokens)"),
+    "long_request_threshold": (int, 1, 1 << 40, True,
+        "prompt length (tokens) from which a request is 'long' for space sharing"),
+    "space_sharing_max_slack": (float, 0.0, 1.0, True,
+        "rho_max: a long prefill uses target x (1 - clamp(rho, 0, rho_max)) of the budget"),
+    "profile_time_budget_s": (float, 1.0, 3600.0, True,
+        "wall-clock cap of the start-up profiling run (s)"),
+    "profile_max_context": (int, 64, 1 << 24, True,
+        "longest context (tokens) the start-up profile measures; longer ones extrapolate"),
+}
+_BOOL_OPTS = {
+    "space_sharing": "give a long prefill only part of the budget, the rest to short prefills",
+    "profile": "profile the model at start-up when no cached profile matches",
+}
+_STR_OPTS = {
+    "profile_dir": "directory of cached predictor profiles (default ~/.cache/medha-vllm/profiles)",
+}
+
+
+@dataclass
+class MedhaConfig:
+    # Iteration time budget (s). None: platform default (see resolve()).
+    target_batch_time_s: float | None = None
+    # Decode (time-between-tokens) deadline (s). None: 1.5 x target.
+    tbt_slo_s: float | None = None
+    # Length-aware TTFT deadline: max(multiplier x standalone prefill, floor).
+    ttft_deadline_multiplier: float = 1.5
+    ttft_deadline_floor_s: float = 0.5
+    # Chunk-size grid for the adaptive chunk search.
+    min_chunk_size: int = 32
+    max_chunk_size: int = 4096
+    # Space sharing of one long prefill with short prefills.
+    space_sharing: bool = True
+    long_request_threshold: int = 16384
+    space_sharing_max_slack: float = 0.5
+    # Runtime predictor profiling.
+    profile: bool = True
+    profile_dir: str | None = None
+    profile_time_budget_s: float = 45.0
+    profile_max_context: int = 65536
+    # Anything the user passed that we resolved (for logging).
+    _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, (typ, lo, hi, lo_incl, desc) in _SPECS.items():
+            value = getattr(self, name)
+            if value is None and name in ("target_batch_time_s", "tbt_slo_s"):
+                continue
+            _check_number(name, value, typ, lo, hi, lo_incl)
+        for name in _BOOL_OPTS:
+            if not isinstance(getattr(self, name), bool):
+                raise MedhaConfigError(
+                    f"medha option '{name}' must be true or false, got {getattr(self, name)!r}")
+        if self.profile_dir is not None and not isinstance(self.profile_dir, str):
+            raise MedhaConfigError(f"medha option 'profile_dir' must be a path string, got {self.profile_dir!r}")
+        if self.max_chunk_size < self.min_chunk_size:
+            raise MedhaConfigError(
+                f"medha option 'max_chunk_size' = {self.max_chunk_size} must be >= "
+                f"'min_chunk_size' = {self.min_chunk_size}")
+
+    # ------------------------------------------------------------------ API
+    @classmethod
+    def from_dict(cls, options: dict[str, Any] | None) -> "MedhaConfig":
+        options = dict(options or {})
+        known = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise MedhaConfigError(
+                f"unknown medha option(s) {unknown}; accepted: {sorted(known)}")
+        return cls(**options, _explicit=frozenset(options))
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any) -> "MedhaConfig":
+        extra = getattr(vllm_config, "additional_config", None) or {}
+        section = extra.get("medha", {}) if isinstance(extra, dict) else {}
+        if not isinstance(section, dict):
+            raise MedhaConfigError("additional_config['medha'] must be a JSON object")
+        return cls.from_dict(section)
+
+    def resolve(self, on_gpu: bool) -> "MedhaConfig":
+        """Fill platform defaults. NOTE(medha): on GPUs the reference engine
+        uses a 50 ms budget; on the project's 2-core CPUs a decode step of the
+        small models alone takes tens of ms, so the budget is 150 ms there."""
+        target = self.target_batch_time_s
+        if target is None:
+            target = 0.05 if on_gpu else 0.15
+        tbt = self.tbt_slo_s if self.tbt_slo_s is not None else 1.5 * target
+        return dataclasses.replace(self, target_batch_time_s=target, tbt_slo_s=tbt)
+
+    @staticmethod
+    def describe_options() -> dict[str, str]:
+        """Option name -> one-line help with the accepted range (for CLI/README)."""
+        out = {}
+        for name, (typ, lo, hi, lo_incl, desc) in _SPECS.items():
+            out[name] = f"{desc}; {_range_text(typ, lo, hi, lo_incl)}"
+        out.update(_BOOL_OPTS)
+        out.update(_STR_OPTS)
+        return out
+
+
+def _range_text(typ, lo, hi, lo_incl) -> str:
+    kind = "integer" if typ is int else "number"
+    left = "[" if lo_incl else "("
+    return f"{kind} in {left}{lo}, {hi}]"
+
+
+def _check_number(name, value, typ, lo, hi, lo_incl) -> None:
+    ok_type = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        ok_type = ok_type and float(value).is_integer()
+    if not ok_type or (isinstance(value, float) and not math.isfinite(value)):
+        raise MedhaConfigError(
+            f"medha option '{name}' = {value!r} is not valid: accepted {_range_text(typ, lo, hi, lo_incl)}")
+    below = value < lo if lo_incl else value <= lo
+    if below or value > hi:
+        raise MedhaConfigError(
+            f"medha option '{name}' = {value!r} is out of range: accepted {_range_text(typ, lo, hi, lo_incl)}")

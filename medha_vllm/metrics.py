@@ -1,0 +1,207 @@
+"""Medha's Prometheus series (`medha:` prefix), next to vLLM's own.
+
+The numbers live in the engine-core process (the scheduler), while `/metrics`
+is served by the API-server process. NOTE(medha): vLLM's SchedulerStats is a
+fixed msgspec-decoded dataclass (extra fields are dropped between processes),
+so the scheduler publishes a typed snapshot (MedhaSnapshot, JSON, atomically
+replaced about once a second) into a per-host folder, and the stat-logger
+plugin (`vllm.stat_logger_plugins` entry point) registers a Prometheus
+collector in the API server that reads the snapshots of its own engine cores
+(files named after the parent pid) at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import glob
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from medha_vllm.policy.predictor import ape, median
+
+CHUNK_BUCKETS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+SLACK_BUCKETS = [-10.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]
+TIME_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]
+
+
+def metrics_dir() -> str:
+    return os.environ.get("MEDHA_METRICS_DIR") or os.path.join(
+        tempfile.gettempdir(), f"medha-metrics-{os.getuid()}")
+
+
+@dataclass
+class Histogram:
+    # Upper bounds (le) of the finite buckets; +Inf is implicit.
+    bounds: list[float]
+    # Non-cumulative counts, len(bounds) + 1 (last is +Inf).
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.total += v
+
+
+@dataclass
+class MedhaSnapshot:
+    # Chosen prefill chunk sizes (tokens).
+    chunk_size: Histogram = field(default_factory=lambda: Histogram(CHUNK_BUCKETS))
+    # Relative slack (rho) of the most urgent prefill each iteration.
+    relative_slack: Histogram = field(default_factory=lambda: Histogram(SLACK_BUCKETS))
+    # Measured iteration time (s).
+    iteration_time: Histogram = field(default_factory=lambda: Histogram(TIME_BUCKETS))
+    # Preemptions by kind: "pause" (between chunks, KV kept), "recompute" (KV freed).
+    preemptions: dict[str, int] = field(default_factory=lambda: {"pause": 0, "recompute": 0})
+    # Requests that missed a deadline, by the kind of their first miss.
+    deadline_misses: dict[str, int] = field(default_factory=lambda: {"ttft": 0, "tbt": 0})
+    # Median absolute percentage error of live predictions (recent iterations).
+    predictor_live_error: float = float("nan")
+    # Held-out median APE of the start-up profile.
+    predictor_profile_error: float = float("nan")
+    # Configured iteration budget (s).
+    target_batch_time_s: float = 0.0
+
+
+class MedhaMetricsRecorder:
+    """Engine-core side: accumulate, then publish a snapshot about once a second."""
+
+    def __init__(self, target_s: float, flush_interval_s: float = 1.0) -> None:
+        self.snap = MedhaSnapshot(target_batch_time_s=target_s)
+        self._errors: list[float] = []
+        self._missed: set[str] = set()
+        self._interval = flush_interval_s
+        self._last_flush = 0.0
+        self.path = os.path.join(metrics_dir(), f"engine-{os.getppid()}-{os.getpid()}.json")
+
+    def observe_chunk(self, tokens: int) -> None:
+        self.snap.chunk_size.observe(tokens)
+
+    def observe_slack(self, rho: float) -> None:
+        self.snap.relative_slack.observe(rho)
+
+    def observe_iteration(self, measured: float, predicted: float) -> None:
+        self.snap.iteration_time.observe(measured)
+        self._errors.append(ape(predicted, measured))
+        if len(self._errors) > 256:
+            del self._errors[:128]
+
+    def count_preemption(self, kind: str) -> None:
+        self.snap.preemptions[kind] = self.snap.preemptions.get(kind, 0) + 1
+
+    def count_miss(self, req_id: str, kind: str) -> None:
+        if req_id in self._missed:
+            return
+        self._missed.add(req_id)
+        self.snap.deadline_misses[kind] = self.snap.deadline_misses.get(kind, 0) + 1
+
+    def forget(self, req_id: str) -> None:
+        self._missed.discard(req_id)
+
+    def set_profile_error(self, err: float | None) -> None:
+        if err is not None:
+            self.snap.predictor_profile_error = float(err)
+
+    def maybe_flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_flush < self._interval:
+            return
+        self._last_flush = now
+        self.snap.predictor_live_error = median(self._errors) if self._errors else float("nan")
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(asdict(self.snap), f)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # metrics must never break serving
+
+
+def read_snapshots(parent_pid: int | None = None) -> list[dict]:
+    pid = os.getpid() if parent_pid is None else parent_pid
+    out = []
+    for p in glob.glob(os.path.join(metrics_dir(), f"engine-{pid}-*.json")):
+        try:
+            with open(p) as f:
+                out.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class _SnapshotCollector:
+    """prometheus_client custom collector over the engine snapshots."""
+
+    def collect(self):
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+
+        snaps = read_snapshots()
+        hist_specs = [("chunk_size", "medha:chunk_size_tokens", "Prefill chunk sizes chosen by Medha"),
+                      ("relative_slack", "medha:relative_slack", "Relative slack (rho) of the most urgent prefill per iteration"),
+                      ("iteration_time", "medha:iteration_time_seconds", "Measured engine iteration time")]
+        for key, name, doc in hist_specs:
+            h = HistogramMetricFamily(name, doc, labels=["engine"])
+            for i, s in enumerate(snaps):
+                d = s[key]
+                cum, buckets = 0, []
+                for b, c in zip(d["bounds"] + [float("inf")], d["counts"]):
+                    cum += c
+                    buckets.append((str(b) if b != float("inf") else "+Inf", cum))
+                h.add_metric([str(i)], buckets, d["total"])
+            yield h
+        pre = CounterMetricFamily("medha:preemptions", "Medha preemptions by kind", labels=["engine", "kind"])
+        miss = CounterMetricFamily("medha:deadline_misses", "Requests that missed a deadline, by kind of first miss", labels=["engine", "kind"])
+        err = GaugeMetricFamily("medha:predictor_error_ratio", "Median absolute percentage error of the runtime predictor", labels=["engine", "source"])
+        tgt = GaugeMetricFamily("medha:target_batch_time_seconds", "Iteration time budget", labels=["engine"])
+        for i, s in enumerate(snaps):
+            for kind, v in s["preemptions"].items():
+                pre.add_metric([str(i), kind], v)
+            for kind, v in s["deadline_misses"].items():
+                miss.add_metric([str(i), kind], v)
+            err.add_metric([str(i), "live"], s["predictor_live_error"])
+            err.add_metric([str(i), "profile"], s["predictor_profile_error"])
+            tgt.add_metric([str(i)], s["target_batch_time_s"])
+        yield from (pre, miss, err, tgt)
+
+
+_collector_registered = False
+
+
+def register_collector() -> None:
+    global _collector_registered
+    if _collector_registered:
+        return
+    from prometheus_client import REGISTRY
+
+    REGISTRY.register(_SnapshotCollector())
+    _collector_registered = True
+
+
+def _stat_logger_base():
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    return StatLoggerBase
+
+
+class MedhaStatLogger(_stat_logger_base()):
+    """vLLM stat-logger plugin: only registers the `medha:` collector."""
+
+    def __init__(self, vllm_config, engine_index: int = 0) -> None:
+        register_collector()
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+        pass
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass

@@ -1,0 +1,91 @@
+"""Batch formation: decodes first, then prefill chunks in priority order, each
+the largest chunk whose predicted batch time still fits the iteration budget;
+space sharing caps one long prefill per batch at its share of the budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from medha_vllm.policy.lars import space_share
+from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor, largest_fitting_chunk
+
+
+@dataclass
+class PrefillCandidate:
+    # Request id.
+    req_id: str
+    # Tokens this request still has to prefill before it can sample.
+    remaining_tokens: int
+    # Tokens already in its KV cache (context of the next chunk).
+    computed_tokens: int
+    # Relative slack rho (already computed for ordering; used for space sharing).
+    rho: float
+    # Long request (prompt >= long_request_threshold): space sharing applies.
+    is_long: bool
+
+
+@dataclass
+class BatchPlan:
+    # req_id -> tokens of its prefill chunk in this iteration.
+    chunks: dict[str, int] = field(default_factory=dict)
+    # Predicted iteration time (s), decodes included, after correction.
+    predicted_time_s: float = 0.0
+    # The batch's shape (for the predictor's error accounting).
+    shape: BatchShape = field(default_factory=BatchShape)
+
+
+def plan_batch(
+    decode_contexts: Sequence[int],
+    candidates: Sequence[PrefillCandidate],
+    predictor: LinearBatchPredictor,
+    target_s: float,
+    token_budget: int,
+    min_chunk: int,
+    max_chunk: int,
+    space_sharing: bool = True,
+    rho_max: float = 0.5,
+    correction: float = 1.0,
+    max_new_prefills: int | None = None,
+) -> BatchPlan:
+    """Candidates must be sorted most urgent first. `correction` multiplies
+    every prediction (the online measured/predicted ratio)."""
+    shape = BatchShape(decode_contexts=tuple(decode_contexts))
+    base = predictor.predict(shape)
+    plan = BatchPlan(shape=shape)
+    tokens_left = token_budget - len(decode_contexts)
+    long_seen = False
+    others_pending = sum(1 for c in candidates if not c.is_long and c.remaining_tokens > 0)
+    admitted = 0
+    for cand in candidates:
+        if tokens_left <= 0:
+            break
+        if max_new_prefills is not None and admitted >= max_new_prefills:
+            break
+        limit = target_s
+        if cand.is_long:
+            if long_seen and space_sharing:
+                continue  # NOTE(medha): at most one long prefill per batch.
+            long_seen = True
+            if space_sharing and others_pending:
+                # The long request yields part of the budget to short prefills
+                # (only when some are waiting: otherwise the budget would idle).
+                limit = min(target_s, base * correction + space_share(target_s, cand.rho, rho_max))
+        time_of = lambda n, b=base, ctx=cand.computed_tokens: \
+            correction * predictor.predict_chunk(plan.shape, b, n, ctx)
+        c = largest_fitting_chunk(time_of, limit, min(cand.remaining_tokens, tokens_left),
+                                  min_chunk, max_chunk)
+        if c == 0 and not plan.chunks and not decode_contexts:
+            # Progress guarantee: an empty batch always takes one minimal chunk.
+            c = min(min_chunk, cand.remaining_tokens, tokens_left)
+        if c <= 0:
+            continue
+        plan.chunks[cand.req_id] = c
+        base = predictor.predict_chunk(plan.shape, base, c, cand.computed_tokens)
+        plan.shape = plan.shape.with_chunk(c, cand.computed_tokens)
+        tokens_left -= c
+        admitted += 1
+        if not cand.is_long:
+            others_pending -= 1
+    plan.predicted_time_s = correction * base
+    return plan
