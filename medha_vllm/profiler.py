@@ -112,7 +112,9 @@ class ProfilePlan:
 
     @classmethod
     def build(cls, max_context: int, token_budget: int, max_chunk: int,
-              seed: int = 0) -> "ProfilePlan":
+              max_model_len: int | None = None, seed: int = 0) -> "ProfilePlan":
+        max_len = max_model_len or (max_context + 8192)
+        max_context = min(max_context, max_len - 64)
         rng = random.Random(seed)
         sizes = [s for s in (32, 128, 512, 2048, 64, 256, 1024, 4096)
                  if s <= min(token_budget - 16, max_chunk)] or [max(1, token_budget // 2)]
@@ -127,7 +129,11 @@ class ProfilePlan:
             decoders.append(r.req_id)
             plan.steps.append(ProfileStep({r.req_id: 16}))
         # Zero-context chunks of every size (real prefill).
+        sizes = [c for c in sizes if c <= max_len - 64] or [32]
         z = SyntheticRequest(f"{PROFILE_PREFIX}z", sum(sizes))
+        while z.prompt_len > max_len - 16 and len(sizes) > 1:
+            sizes.remove(max(sizes))
+            z.prompt_len = sum(sizes)
         reqs.append(z)
         for c in sorted(sizes):
             # Context grows by the earlier chunks: small, recorded exactly.
@@ -136,6 +142,9 @@ class ProfilePlan:
         for j, lvl in enumerate(levels):
             # NOTE(medha): bound chunk x context so one iteration stays short.
             lv_sizes = [c for c in sizes if c * max(lvl, 1) <= (1 << 25)] or sizes[:2]
+            while lvl + sum(lv_sizes) > max_len - 16 and len(lv_sizes) > 1:
+                lv_sizes.remove(max(lv_sizes))
+            lv_sizes = [min(c, max_len - 16 - lvl) for c in lv_sizes]
             total = sum(lv_sizes)
             p = SyntheticRequest(f"{PROFILE_PREFIX}p{j}", lvl + total, pretend_computed=lvl)
             reqs.append(p)

@@ -46,7 +46,8 @@ from medha_vllm.profiler import (PROFILE_PREFIX, ProfilePlan, ProfileRecorder,
                                  default_profile_dir, hardware_id, load_profile, profile_key,
                                  save_profile)
 
-logger = init_logger(__name__)
+# NOTE(medha): under the "vllm." namespace so vLLM's logging config shows it.
+logger = init_logger(f"vllm.{__name__}")
 
 # Per-request SLO fields accepted in `vllm_xargs` (SamplingParams.extra_args).
 XARG_TTFT = "ttft_deadline_s"
@@ -123,7 +124,8 @@ class MedhaScheduler(Scheduler):
                            "generic predictor until live iterations correct it")
             return
         self._profile_plan = ProfilePlan.build(
-            self._profile_context(), self.max_num_scheduled_tokens, cfg.max_chunk_size)
+            self._profile_context(), self.max_num_scheduled_tokens, cfg.max_chunk_size,
+            max_model_len=self.max_model_len)
         self._profile_step = -1  # requests are added at the first iteration
         logger.info("Medha: will profile %s on %s (%d iterations, up to %d tokens of context, "
                     "at most %.0f s) as the engine's first iterations", key_fields["model"],
@@ -175,7 +177,7 @@ class MedhaScheduler(Scheduler):
         # The plan holds about 2 x levels x context of KV at once: keep it
         # within a third of the cache.
         kv_tokens = self.kv_cache_config.num_blocks * self.block_size
-        return max(64, min(self.medha.profile_max_context, self.max_model_len - 4096,
+        return max(64, min(self.medha.profile_max_context, self.max_model_len - 64,
                            kv_tokens // 12))
 
     def _finish_profile(self) -> None:
@@ -347,7 +349,8 @@ class MedhaScheduler(Scheduler):
         return BatchShape(tuple(chunks), tuple(decodes))
 
     def _account_pauses(self, output) -> None:
-        scheduled = set(output.num_scheduled_tokens)
+        scheduled = {rid for rid in output.num_scheduled_tokens
+                     if not rid.startswith(PROFILE_PREFIX)}
         for rid in self._was_scheduled - scheduled:
             req = self.requests.get(rid)
             if req is not None and req.status == RequestStatus.RUNNING and \

@@ -32,7 +32,8 @@ from vllm.logger import init_logger
 from medha_vllm.config import MedhaConfig, MedhaConfigError
 from medha_vllm.patches import PatchSpec
 
-logger = init_logger(__name__)
+# NOTE(medha): under the "vllm." namespace so vLLM's logging config shows it.
+logger = init_logger(f"vllm.{__name__}")
 
 SPEC = PatchSpec(
     target="vllm.engine.arg_utils.EngineArgs.add_cli_args/from_cli_args",

@@ -38,7 +38,7 @@ def test_cli_args_patch_target_signature():
     assert EngineArgs.add_cli_args is not orig
 
 
-def _parse(argv):
+def _parse(argv, model):
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -46,17 +46,17 @@ def _parse(argv):
 
     p.apply()
     parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
-    return AsyncEngineArgs.from_cli_args(parser.parse_args(argv))
+    return AsyncEngineArgs.from_cli_args(parser.parse_args(["--model", model] + argv))
 
 
-def test_scheduler_medha_flag_maps_to_class_and_config():
+def test_scheduler_medha_flag_maps_to_class_and_config(smollm2_path):
     from medha_vllm import SCHEDULER_CLS
 
-    ea = _parse(["--model", "m", "--scheduler", "medha", "--medha-target-batch-time-s", "0.2",
-                 "--additional-config", '{"medha": {"min_chunk_size": 64}}'])
+    ea = _parse(["--scheduler", "medha", "--medha-target-batch-time-s", "0.2",
+                 "--additional-config", '{"medha": {"min_chunk_size": 64}}'], smollm2_path)
     assert ea.scheduler_cls == SCHEDULER_CLS
     assert ea.additional_config["medha"] == {"min_chunk_size": 64, "target_batch_time_s": 0.2}
-    plain = _parse(["--model", "m"])
+    plain = _parse([], smollm2_path)
     assert plain.scheduler_cls in (None, "") or "medha" not in str(plain.scheduler_cls)
 
 
@@ -67,9 +67,9 @@ def test_scheduler_medha_flag_maps_to_class_and_config():
     (["--medha-min-chunk-size", "64"], ["--scheduler medha"]),
     (["--scheduler", "fifo"], ["--scheduler", "medha"]),
 ])
-def test_bad_cli_values_exit_with_named_option(argv, words, capsys):
+def test_bad_cli_values_exit_with_named_option(argv, words, capsys, smollm2_path):
     with pytest.raises(SystemExit) as e:
-        _parse(["--model", "m"] + argv)
+        _parse(argv, smollm2_path)
     assert e.value.code == 2
     err = capsys.readouterr().err
     for w in words:

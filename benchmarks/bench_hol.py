@@ -1,0 +1,80 @@
+"""Head-of-line benchmark (`make bench-hol`): the same seeded long/short mix
+against plain vLLM, plain vLLM with --long-prefill-token-threshold 512, Medha,
+and Medha with the short requests alone. Writes benchmarks/results/hol.json
+and hol_ttft_cdf.png and prints a table. See medha_vllm/hol.py."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, machine, write_json  # noqa: E402
+
+from medha_vllm.hol import HolConfig, print_table, run_hol  # noqa: E402
+from medha_vllm.models import build_synthetic  # noqa: E402
+from medha_vllm.workload import default_trace_path  # noqa: E402
+
+TARGETS = {"short_ttft_p50_speedup": ">= 30", "short_ttft_p90_speedup": ">= 100",
+           "short_ttft_p50_speedup_vs_chunked": ">= 4", "tbt_p99_speedup_vs_chunked": ">= 4",
+           "tbt_p99_over_target": "<= 1.5", "short_isolation_p50": "<= 2.0",
+           "long_ttft_ratio": "<= 1.25", "long_ttft_ratio_vs_chunked": "<= 1.1",
+           "outputs_identical": "true"}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    d = HolConfig(model="", trace="")
+    for f in ("long_tokens", "long_output_tokens", "num_short", "trace_offset_s", "window_s",
+              "long_arrival_s", "max_prompt_tokens", "max_output_tokens", "seed"):
+        ap.add_argument("--" + f.replace("_", "-"), type=type(getattr(d, f)), default=getattr(d, f))
+    ap.add_argument("--servers", default=",".join(d.servers))
+    ap.add_argument("--medha-args", default="", help="extra vllm serve args for medha/idle")
+    ap.add_argument("--output", default="hol.json")
+    a = ap.parse_args(argv)
+    cfg = HolConfig(model=str(build_synthetic()), trace=str(default_trace_path()),
+                    servers=tuple(a.servers.split(",")), medha_args=a.medha_args.split(),
+                    log_dir=RESULTS / "logs" / Path(a.output).stem,
+                    **{f: getattr(a, f) for f in ("long_tokens", "long_output_tokens", "num_short",
+                                                  "trace_offset_s", "window_s", "long_arrival_s",
+                                                  "max_prompt_tokens", "max_output_tokens", "seed")})
+    out = run_hol(cfg)
+    out["machine"] = machine()
+    out["targets"] = TARGETS
+    out["command"] = "python benchmarks/bench_hol.py " + " ".join(argv or sys.argv[1:])
+    print_table(out)
+    path = write_json(a.output, out)
+    plot_cdf(out, RESULTS / (Path(a.output).stem + "_ttft_cdf.png"))
+    print(f"wrote {path}")
+    return out
+
+
+def plot_cdf(out: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no CDF plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, s in out["servers"].items():
+        xs = [x for x in s["short_ttft_all_s"] if not math.isnan(x)]
+        if xs:
+            ax.step(xs, [(k + 1) / len(xs) for k in range(len(xs))], where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("short-request TTFT (s, log scale)")
+    ax.set_ylabel("CDF")
+    ax.set_title("Short requests behind a long prefill")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""A light open-loop load client for an OpenAI-compatible server.
+
+One process, asyncio + httpx streaming (the machine has 2 cores shared with
+the server: the client must stay light). Records, per request, the arrival,
+the first-token time and every later token's time, and the generated text.
+Pure Python apart from httpx: no vllm import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+from medha_vllm.workload import WorkItem
+
+
+@dataclass
+class RequestResult:
+    req_id: str
+    kind: str
+    arrival_s: float
+    prompt_tokens: int
+    token_times: list[float] = field(default_factory=list)  # absolute, per streamed token
+    text: str = ""
+    error: str | None = None
+
+    @property
+    def ttft_s(self) -> float:
+        return self.token_times[0] - self.arrival_s if self.token_times else math.nan
+
+    @property
+    def gaps_s(self) -> list[float]:
+        return [b - a for a, b in zip(self.token_times, self.token_times[1:])]
+
+
+async def _one(client: httpx.AsyncClient, url: str, model: str, item: WorkItem, start: float,
+               extra: dict, res: RequestResult, timeout_s: float) -> None:
+    await asyncio.sleep(max(0.0, start + item.arrival_s - time.monotonic()))
+    res.arrival_s = time.monotonic() - start
+    body = {"model": model, "prompt": item.prompt_token_ids, "max_tokens": item.output_tokens,
+            "temperature": 0.0, "stream": True, "ignore_eos": True, **extra}
+    try:
+        async with client.stream("POST", url, json=body, timeout=timeout_s) as r:
+            if r.status_code != 200:
+                res.error = f"HTTP {r.status_code}: {(await r.aread())[:300]!r}"
+                return
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                now = time.monotonic() - start
+                chunk = json.loads(line[6:])
+                text = "".join(c.get("text", "") for c in chunk.get("choices", []))
+                if text or chunk.get("choices"):
+                    res.token_times.append(now)
+                    res.text += text
+    except (httpx.HTTPError, asyncio.TimeoutError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+
+
+async def replay(base_url: str, model: str, items: list[WorkItem], extra: dict | None = None,
+                 timeout_s: float = 1800.0, progress: bool = True, label: str = "") -> list[RequestResult]:
+    url = base_url + "/v1/completions"
+    limits = httpx.Limits(max_connections=len(items) + 4, max_keepalive_connections=8)
+    results = [RequestResult(w.req_id, w.kind, w.arrival_s, len(w.prompt_token_ids)) for w in items]
+    async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
+        start = time.monotonic()
+        tasks = [asyncio.create_task(_one(client, url, model, w, start, extra or {}, r, timeout_s))
+                 for w, r in zip(items, results)]
+        if progress:
+            while not all(t.done() for t in tasks):
+                await asyncio.sleep(2.0)
+                done = sum(t.done() for t in tasks)
+                first = sum(1 for r in results if r.token_times)
+                sys.stderr.write(f"\r  [{label}] t={time.monotonic() - start:6.1f}s  "
+                                 f"first tokens {first}/{len(items)}  finished {done}/{len(items)}   ")
+                sys.stderr.flush()
+            sys.stderr.write("\n")
+        await asyncio.gather(*tasks)
+    return results
+
+
+def percentile(values: list[float], q: float) -> float:
+    v = sorted(x for x in values if not math.isnan(x))
+    if not v:
+        return math.nan
+    k = (len(v) - 1) * q / 100.0
+    lo, hi = math.floor(k), math.ceil(k)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def summarize(results: list[RequestResult]) -> dict:
+    short = [r for r in results if r.kind == "short"]
+    long = [r for r in results if r.kind == "long"]
+    gaps = [g for r in results for g in r.gaps_s]
+    return {
+        "num_requests": len(results),
+        "errors": [f"{r.req_id}: {r.error}" for r in results if r.error],
+        "short_ttft_p50_s": percentile([r.ttft_s for r in short], 50),
+        "short_ttft_p90_s": percentile([r.ttft_s for r in short], 90),
+        "short_ttft_p99_s": percentile([r.ttft_s for r in short], 99),
+        "long_ttft_s": [r.ttft_s for r in long],
+        "long_ttft_mean_s": (sum(r.ttft_s for r in long) / len(long)) if long else math.nan,
+        "tbt_p50_ms": 1000 * percentile(gaps, 50),
+        "tbt_p99_ms": 1000 * percentile(gaps, 99),
+        "tbt_max_ms": 1000 * max(gaps) if gaps else math.nan,
+        "num_decode_gaps": len(gaps),
+    }

@@ -1,0 +1,28 @@
+"""Run by test_exactness.py in a subprocess: the same greedy requests through
+the Python API (`LLM(..., scheduler_cls=...)`) with vLLM's scheduler and with
+Medha (chunks forced small), float32; prints token ids and logprobs as JSON."""
+
+import json
+import sys
+
+if __name__ == "__main__":
+    from vllm import LLM, SamplingParams
+
+    from medha_vllm import SCHEDULER_CLS
+
+    model, which = sys.argv[1], sys.argv[2]
+    kwargs = dict(model=model, dtype="float32", max_model_len=16384, seed=0,
+                  enable_prefix_caching=False)
+    if which == "medha":
+        kwargs.update(scheduler_cls=SCHEDULER_CLS, additional_config={"medha": {
+            "min_chunk_size": 64, "max_chunk_size": 64, "profile": False}})
+    llm = LLM(**kwargs)
+    # Long prompts (hundreds of 64-token chunks) mixed with short ones.
+    prompts = [{"prompt_token_ids": [(i * 7919 + k * 104729) % 40000 + 10 for k in range(n)]}
+               for i, n in enumerate([6000, 37, 2500, 400, 9000, 5])]
+    sp = SamplingParams(max_tokens=12, temperature=0.0, logprobs=1, seed=0)
+    outs = llm.generate(prompts, sp)
+    result = [{"tokens": list(o.outputs[0].token_ids),
+               "logprobs": [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]}
+              for o in outs]
+    print("RESULT " + json.dumps(result), flush=True)

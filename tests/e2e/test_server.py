@@ -1,0 +1,135 @@
+"""`vllm serve MODEL --scheduler medha` on loopback, driven by real clients:
+the OpenAI Python SDK (streaming and not), `vllm bench serve`, Prometheus
+`/metrics`, a client that disconnects mid-prefill, a prompt that is too long."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+import urllib.request
+
+import httpx
+import pytest
+from openai import BadRequestError, OpenAI
+
+from medha_vllm.launch import VllmServer, vllm_executable
+
+pytestmark = pytest.mark.e2e
+MODEL = "smollm2"
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path, profile_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "medha-server.log"
+    srv = VllmServer(smollm2_path, [
+        "--scheduler", "medha", "--dtype", "float32", "--max-model-len", "4096",
+        "--medha-profile-dir", profile_dir, "--medha-profile-max-context", "2048",
+    ], served_name=MODEL, log_path=str(log))
+    with srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return OpenAI(base_url=server.base_url + "/v1", api_key="none", max_retries=0)
+
+
+def metrics(server) -> str:
+    return urllib.request.urlopen(server.base_url + "/metrics", timeout=10).read().decode()
+
+
+def gauge(text: str, name: str) -> float:
+    vals = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    assert vals, f"{name} not in /metrics"
+    return sum(vals)
+
+
+def test_chat_answer_from_real_model(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24, temperature=0)
+    assert "Paris" in r.choices[0].message.content
+
+
+def test_streaming_completion(client):
+    chunks = list(client.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=12,
+                                            temperature=0, stream=True))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert len(chunks) >= 2 and text.strip()
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+
+
+def test_per_request_slo_fields_and_priority(client):
+    r = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0,
+                                  extra_body={"vllm_xargs": {"ttft_deadline_s": 30, "tbt_deadline_s": 5},
+                                              "priority": 1})
+    assert r.choices[0].text is not None and r.usage.completion_tokens == 4
+
+
+def test_metrics_has_medha_and_vllm_series(server, client):
+    client.completions.create(model=MODEL, prompt="Count: " * 200, max_tokens=4, temperature=0)
+    time.sleep(1.5)  # snapshots are published about once a second
+    text = metrics(server)
+    # (Prometheus omits _count/_sum of histograms with negative buckets.)
+    for name in ("medha:chunk_size_tokens_count", "medha:relative_slack_bucket",
+                 "medha:iteration_time_seconds_count", "medha:preemptions_total",
+                 "medha:deadline_misses_total", "medha:predictor_error_ratio",
+                 "medha:target_batch_time_seconds", "vllm:time_to_first_token_seconds_count"):
+        assert name in text, name
+    assert gauge(text, "medha:chunk_size_tokens_count") >= 1
+    assert gauge(text, "medha:target_batch_time_seconds") == pytest.approx(0.15)
+
+
+def test_prompt_too_long_is_rejected_and_server_keeps_serving(client):
+    with pytest.raises(BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="word " * 6000, max_tokens=4)
+    assert "maximum context length" in str(e.value) or "too long" in str(e.value).lower()
+    r = client.completions.create(model=MODEL, prompt="Still there?", max_tokens=3, temperature=0)
+    assert r.usage.completion_tokens == 3
+
+
+def test_disconnect_mid_prefill_frees_kv_blocks(server):
+    # ~3,500 prompt tokens: several seconds of chunked prefill on 2 cores.
+    body = {"model": MODEL, "prompt": " ".join(f"w{i}" for i in range(900)), "max_tokens": 50,
+            "stream": True}
+
+    def stream():
+        try:
+            with httpx.stream("POST", server.base_url + "/v1/completions", json=body, timeout=2.0) as r:
+                for _ in r.iter_lines():
+                    pass
+        except httpx.HTTPError:
+            pass  # the client gives up (read timeout) during prefill
+
+    t = threading.Thread(target=stream)
+    t.start()
+    # Wait until the request holds KV blocks, i.e. its prefill is under way.
+    deadline = time.time() + 30
+    seen_kv = False
+    while time.time() < deadline and not seen_kv:
+        seen_kv = gauge(metrics(server), "vllm:kv_cache_usage_perc") > 0
+        time.sleep(0.2)
+    t.join()
+    assert seen_kv, "the long request never held KV blocks"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        text = metrics(server)
+        if gauge(text, "vllm:num_requests_running") == 0 and gauge(text, "vllm:kv_cache_usage_perc") == 0:
+            break
+        time.sleep(0.5)
+    assert gauge(text, "vllm:num_requests_running") == 0
+    assert gauge(text, "vllm:kv_cache_usage_perc") == 0
+
+
+def test_vllm_bench_serve_against_medha(server, smollm2_path, tmp_path):
+    cmd = [vllm_executable(), "bench", "serve", "--backend", "openai", "--base-url", server.base_url,
+           "--model", MODEL, "--tokenizer", smollm2_path, "--dataset-name", "random",
+           "--random-input-len", "64", "--random-output-len", "8", "--num-prompts", "8",
+           "--request-rate", "inf", "--seed", "0", "--save-result", "--result-dir", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    m = re.search(r"Successful requests:\s+(\d+)", out.stdout)
+    assert m and int(m.group(1)) == 8, out.stdout[-2000:]
+    assert list(tmp_path.glob("*.json"))
