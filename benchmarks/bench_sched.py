@@ -28,6 +28,7 @@ def build(scheduler_cls, model: str, max_num_seqs: int, num_blocks: int):
                     max_num_batched_tokens=4096, enable_prefix_caching=True, block_size=32,
                     additional_config={"medha": {"profile": False}})
     vc: VllmConfig = ea.create_engine_config()
+    vc.cache_config.num_gpu_blocks = num_blocks
     spec = FullAttentionSpec(block_size=32, num_kv_heads=2, head_size=64, dtype=torch.float32)
     kv = KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[],
                        kv_cache_groups=[KVCacheGroupSpec([f"layers.{i}" for i in range(4)], spec)])
@@ -36,13 +37,22 @@ def build(scheduler_cls, model: str, max_num_seqs: int, num_blocks: int):
                          hash_block_size=32, log_stats=False)
 
 
+_HASHER = None
+
+
 def make_request(i: int, prompt_len: int, max_tokens: int):
+    global _HASHER
     from vllm.sampling_params import SamplingParams
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
     from vllm.v1.request import Request
 
+    if _HASHER is None:  # as EngineCore does it (prefix caching on)
+        init_none_hash(get_hash_fn_by_name("sha256"))
+        _HASHER = get_request_block_hasher(32, get_hash_fn_by_name("sha256"))
     return Request(request_id=f"r{i}", prompt_token_ids=[(i * 7 + k) % 30000 + 1 for k in range(prompt_len)],
                    sampling_params=SamplingParams(max_tokens=max_tokens, ignore_eos=True),
-                   pooling_params=None, arrival_time=time.time())
+                   pooling_params=None, arrival_time=time.time(), block_hasher=_HASHER)
 
 
 def fake_output(sched_out):

@@ -26,6 +26,7 @@ How it plugs into vLLM's `Scheduler.schedule()` without copying it:
 
 from __future__ import annotations
 
+import heapq
 import random
 import time
 from typing import Any
@@ -208,9 +209,6 @@ class MedhaScheduler(Scheduler):
         self._slack.clear()
 
     # ------------------------------------------------------------ requests
-    def add_request(self, request: Request) -> None:
-        super().add_request(request)
-
     def _slack_state(self, request: Request) -> SlackState:
         st = self._slack.get(request.request_id)
         if st is None:
@@ -266,13 +264,26 @@ class MedhaScheduler(Scheduler):
                 decodes.append(r)
             else:
                 prefills.append(r)
-        waiting = [r for r in self.waiting if r.status in (RequestStatus.WAITING,
-                                                            RequestStatus.PREEMPTED)]
+        free_slots = self.max_num_running_reqs - len(self.running)
         keyed = []
-        for r in prefills + waiting:
+        for r in prefills:
             st = self._slack_state(r)
             remaining = self.prefill_table(r.num_tokens) - self.prefill_table(r.num_computed_tokens)
             keyed.append((priority_key(st, now, remaining, r.request_id), r))
+        # NOTE(medha): waiting requests matter only if a running slot is free;
+        # with 1,000 queued, computing every key each iteration would cost
+        # milliseconds, so only the most urgent few are ranked (nsmallest).
+        waiting: list[Request] = []
+        if free_slots > 0:
+            waiting = [r for r in self.waiting if r.status in (RequestStatus.WAITING,
+                                                                RequestStatus.PREEMPTED)]
+            wkeyed = []
+            for r in waiting:
+                st = self._slack_state(r)
+                remaining = (st.total_work_s if r.num_computed_tokens == 0 else
+                             self.prefill_table(r.num_tokens) - self.prefill_table(r.num_computed_tokens))
+                wkeyed.append((priority_key(st, now, remaining, r.request_id), r))
+            keyed.extend(heapq.nsmallest(min(free_slots, 64), wkeyed, key=lambda kr: kr[0]))
         keyed.sort(key=lambda kr: kr[0])
         cands = [
             PrefillCandidate(
@@ -281,7 +292,6 @@ class MedhaScheduler(Scheduler):
                 is_long=r.num_prompt_tokens >= cfg.long_request_threshold)
             for k, r in keyed
         ]
-        free_slots = self.max_num_running_reqs - len(self.running)
         plan = plan_batch(
             [r.num_computed_tokens for r in decodes], cands, self.predictor,
             cfg.target_batch_time_s, self.max_num_scheduled_tokens, cfg.min_chunk_size,
@@ -291,13 +301,15 @@ class MedhaScheduler(Scheduler):
         # Never admit more new requests than there are free running slots.
         planned_waiting = [r for _, r in keyed if r.request_id in plan.chunks
                            and r.status != RequestStatus.RUNNING][:max(free_slots, 0)]
+        victims = self._make_room(planned_waiting, keyed)
         keep = {r.request_id for r in planned_waiting}
         self._caps = {r.request_id: plan.chunks.get(r.request_id, 0) for r in prefills}
         self._caps.update({r.request_id: plan.chunks[r.request_id] for r in planned_waiting})
         self._cap_default = None  # running decodes: one token each, uncapped
-        for r in waiting:
+        for r in waiting + victims:
             if r.request_id not in keep:
                 self._caps[r.request_id] = 0
+        prefills = [r for r in prefills if r not in victims]
         # Running: decodes first, then prefills most urgent first, so vLLM's
         # FCFS victim (running[-1]) is the least urgent under KV pressure.
         rank = {r.request_id: i for i, (_, r) in enumerate(keyed)}
@@ -309,6 +321,39 @@ class MedhaScheduler(Scheduler):
                 self.metrics.observe_chunk(plan.chunks[r.request_id])
         if keyed:
             self.metrics.observe_slack(keyed[0][0][1])
+
+    def _make_room(self, planned_waiting: list[Request], keyed: list) -> list[Request]:
+        """Evict less urgent running prefills when a planned waiting request
+        cannot get its KV blocks. NOTE(medha): vLLM never lets a waiting
+        request preempt a running one, so a long prefill paused between chunks
+        would keep its KV cache while a more urgent short request waits; Medha
+        frees the least urgent prefill instead (it is recomputed later; its
+        tokens are never lost)."""
+        if not planned_waiting:
+            return []
+        rank = {r.request_id: i for i, (_, r) in enumerate(keyed)}
+        free = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        victims: list[Request] = []
+        for w in planned_waiting:
+            need = -(-w.num_tokens // self.block_size)
+            if free >= need:
+                free -= need
+                continue
+            # Least urgent running prefills first, only those less urgent than w.
+            cands = sorted((r for r in self.running if r.request_id in rank
+                            and rank[r.request_id] > rank[w.request_id] and r not in victims),
+                           key=lambda r: -rank[r.request_id])
+            for v in cands:
+                if free >= need:
+                    break
+                free += len(self.kv_cache_manager.get_block_ids(v.request_id)[0])
+                self.running.remove(v)
+                self._preempt_request(v, time.monotonic())
+                victims.append(v)
+            if free < need:
+                break
+            free -= need
+        return victims
 
     def _plan_profile_step(self) -> None:
         plan = self._profile_plan

@@ -37,11 +37,18 @@ PROMPTS = [words(i, n) for i, n in enumerate([300, 12, 150, 30, 400, 5, 90, 200]
 
 
 async def run_all(base_url: str) -> list[dict]:
+    """Long prompts first; 2 s later the short ones, with tight per-request
+    TTFT deadlines (vllm_xargs; plain vLLM ignores them), so that under Medha
+    they outrank the long prefills that hold the KV cache."""
     client = AsyncOpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0)
 
     async def one(p):
-        r = await client.completions.create(model=MODEL, prompt=p, max_tokens=16, temperature=0,
-                                            logprobs=1, seed=0)
+        short = len(p) < 1000
+        if short:
+            await asyncio.sleep(2.0)
+        r = await client.completions.create(
+            model=MODEL, prompt=p, max_tokens=16, temperature=0, logprobs=1, seed=0,
+            extra_body={"vllm_xargs": {"ttft_deadline_s": 0.05 if short else 600.0}})
         lp = r.choices[0].logprobs
         return {"tokens": lp.tokens, "logprobs": lp.token_logprobs}
 
@@ -57,18 +64,19 @@ def assert_same(plain: list[dict], medha: list[dict]) -> None:
 
 
 def test_server_exactness_with_small_chunks_and_preemption(smollm2_path, tmp_path):
-    common = ["--dtype", "float32", "--max-model-len", "2048", "--seed", "0"]
+    common = ["--dtype", "float32", "--max-model-len", "1760", "--seed", "0"]
     with VllmServer(smollm2_path, common, served_name=MODEL,
                     log_path=str(tmp_path / "plain.log")) as plain:
         ref = asyncio.run(run_all(plain.base_url))
-    # Medha: 32-token chunks, a budget that fits about one chunk per iteration
-    # (so LARS pauses prefills between chunks), and a KV cache too small for
-    # the whole batch at once (72 blocks x 32 = 2,304 tokens for ~4,700 tokens
-    # of prompts), so some requests are evicted and recomputed.
+    # Medha: 32-token chunks, a budget that fits a few chunks per iteration
+    # (so LARS pauses the other prefills between chunks; no profile, so the
+    # generic predictor: ~8 ms a chunk), and a KV cache too small for the
+    # prefills that progress together (56 blocks x 32 = 1,792 tokens for
+    # ~4,700 tokens of prompts), so some requests are evicted and recomputed.
     medha_args = common + [
         "--scheduler", "medha", "--medha-min-chunk-size", "32", "--medha-max-chunk-size", "32",
-        "--medha-target-batch-time-s", "0.01",
-        "--medha-profile", "false", "--block-size", "32", "--num-gpu-blocks-override", "72"]
+        "--medha-target-batch-time-s", "0.03",
+        "--medha-profile", "false", "--block-size", "32", "--num-gpu-blocks-override", "56"]
     with VllmServer(smollm2_path, medha_args, served_name=MODEL,
                     log_path=str(tmp_path / "medha.log")) as medha:
         got = asyncio.run(run_all(medha.base_url))
