@@ -11,6 +11,10 @@ from collections.abc import Sequence
 import torch
 
 
+# States up to this many elements are merged with one broadcast multiply.
+SMALL_MERGE_ELEMENTS = 1 << 20
+
+
 def _as_stacks(
     outputs: Sequence[torch.Tensor] | torch.Tensor,
     lses: Sequence[torch.Tensor] | torch.Tensor,
@@ -45,15 +49,17 @@ def merge_attn_states_torch(
     """
     o, s = _as_stacks(outputs, lses)
     out_dtype = o.dtype if out_dtype is None else out_dtype
-    # NOTE(medha): subtract the running max before exp (online softmax); a
-    # row whose states are all empty has max -inf, which we replace by 0 so
-    # exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN.
-    m = s.amax(dim=0)
-    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
-    w = torch.exp(s - m)  # [N, H, T]
-    total = w.sum(dim=0)  # [H, T]
-    lse = m + torch.log(total)  # log(0) = -inf for all-empty rows
-    w = w / total.clamp_min(torch.finfo(torch.float32).tiny)
+    # torch.logsumexp subtracts the running max itself (online softmax) and
+    # returns -inf for a row whose states are all empty.
+    lse = torch.logsumexp(s, dim=0)  # [H, T]
+    # NOTE(medha): weights exp(lse_j - lse): an empty state gets exp(-inf) = 0;
+    # an all-empty row gets exp(-inf + inf) = NaN, pinned to 0 so out = 0.
+    w = torch.exp(s - lse).nan_to_num_(nan=0.0)  # [N, H, T]
     # out[t, h, :] = sum_n w[n, h, t] * o[n, t, h, :]
-    out = torch.einsum("nht,nthd->thd", w, o.float())
+    if o.numel() <= SMALL_MERGE_ELEMENTS:
+        # NOTE(medha): decode-sized merges are dispatch-bound; multiply-and-sum
+        # is ~3x cheaper than einsum's permutes + bmm here (26 vs 77 us warm).
+        out = (o.float() * w.permute(0, 2, 1).unsqueeze(-1)).sum(0)
+    else:
+        out = torch.einsum("nht,nthd->thd", w, o.float())  # no [N, T, H, D] temporary
     return out.to(out_dtype), lse

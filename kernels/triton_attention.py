@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from .metadata import ShardMetadata, check_attention_args
+from .triton_merge import merge_attn_states_triton
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -30,11 +31,12 @@ def _shard_attention_kernel(
     block_table_ptr, qsl_ptr, kv_lens_ptr, qpos_ptr, shard_start_ptr,
     scale_log2,
     num_q_blocks,
+    kv_split_len,
     stride_qt, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
-    stride_ot, stride_oh, stride_od,
-    stride_lh, stride_lt,
+    stride_os, stride_ot, stride_oh, stride_od,
+    stride_ls, stride_lh, stride_lt,
     stride_bt,
     PAGE: tl.constexpr,
     GROUP: tl.constexpr,
@@ -48,6 +50,7 @@ def _shard_attention_kernel(
 ):  # fmt: skip
     pid = tl.program_id(0)
     kvh = tl.program_id(1)
+    split = tl.program_id(2)
     seq = pid // num_q_blocks
     q_first = (pid % num_q_blocks) * BLOCK_Q
     q0 = tl.load(qsl_ptr + seq)
@@ -78,10 +81,16 @@ def _shard_attention_kernel(
         lim = tl.where(row_ok, lim, -1)
         kv_end = tl.minimum(kv_len, tl.max(lim, 0) + 1).to(tl.int32)
 
+    # NOTE(medha): split-KV (flash-decoding): program `split` covers KV tokens
+    # [split * kv_split_len, (split + 1) * kv_split_len) and writes a partial
+    # state that the launcher merges; with one split it writes the result.
+    kv_lo = split * kv_split_len
+    kv_end = tl.minimum(kv_end, kv_lo + kv_split_len)
+
     m_i = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_Q * GROUP_PAD], tl.float32)
     acc = tl.zeros([BLOCK_Q * GROUP_PAD, HEAD_PAD], tl.float32)
-    for n0 in range(0, kv_end, BLOCK_N):
+    for n0 in range(kv_lo, kv_end, BLOCK_N):
         t = n0 + tl.arange(0, BLOCK_N)
         t_ok = t < kv_end
         blk = tl.load(block_table_ptr + seq * stride_bt + t // PAGE, mask=t_ok, other=0).to(tl.int64)
@@ -122,6 +131,8 @@ def _shard_attention_kernel(
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     m_fin = tl.where(m_i == float("-inf"), 0.0, m_i)
     lse = tl.where(seen, (m_fin + tl.math.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    out_ptr += split * stride_os
+    lse_ptr += split * stride_ls
     tl.store(
         out_ptr + (q0 + tok)[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :] * stride_od,
         out.to(out_ptr.dtype.element_ty),
@@ -143,6 +154,15 @@ def _fp32_dots(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _default_kv_splits(device: torch.device, programs: int, max_kv_len: int) -> int:
+    """Split the KV when too few programs would run to fill the GPU (decode, small chunks)."""
+    if device.type != "cuda":
+        return 1
+    target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    # NOTE(medha): >= 512 KV tokens per split keeps the extra merge pass cheap.
+    return max(1, min(triton.cdiv(target, programs), triton.cdiv(max_kv_len, 512)))
+
+
 def _tile_sizes(group: int, max_query_len: int) -> tuple[int, int, int]:
     """(GROUP_PAD, BLOCK_Q, BLOCK_N); rows per program >= 16 for tl.dot."""
     group_pad = triton.next_power_of_2(group)
@@ -157,6 +177,7 @@ def shard_attention_triton(
     value_cache: torch.Tensor,
     meta: ShardMetadata,
     scale: float | None = None,
+    num_kv_splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton version of ``reference.shard_attention_reference`` (same arguments).
 
@@ -165,7 +186,9 @@ def shard_attention_triton(
     dtype (fp32/bf16/fp16); meta tensors on the same device. Returns out
     [num_tokens, num_q_heads, head_size] in the query dtype and lse
     [num_q_heads, num_tokens] float32 natural log (-inf, out 0 when nothing
-    is visible). Uses meta.max_query_len when set (no device sync).
+    is visible). Uses meta.max_query_len / max_kv_len when set (no device
+    sync). ``num_kv_splits`` forces the split-KV factor (default: enough
+    programs to fill the GPU; 1 on CPU/interpreter).
     """
     hq, hkv, d, page = check_attention_args(query, key_cache, value_cache)
     scale = d**-0.5 if scale is None else scale
@@ -178,19 +201,33 @@ def shard_attention_triton(
     group = hq // hkv
     group_pad, block_q, block_n = _tile_sizes(group, max_q)
     num_q_blocks = triton.cdiv(max_q, block_q)
+    programs = meta.num_seqs * num_q_blocks * hkv
+    max_kv = max(meta.host_max_kv_len(), 1)
+    if num_kv_splits is None:
+        num_kv_splits = _default_kv_splits(query.device, programs, max_kv)
+    split_len = triton.cdiv(triton.cdiv(max_kv, num_kv_splits), block_n) * block_n
+    num_kv_splits = triton.cdiv(max_kv, split_len)
+    if num_kv_splits > 1:  # partial states in float32, merged below
+        part_out = torch.zeros((num_kv_splits, *query.shape), dtype=torch.float32, device=query.device)
+        part_lse = torch.full((num_kv_splits, hq, num_tokens), float("-inf"), dtype=torch.float32, device=query.device)
+    else:
+        part_out, part_lse = out.unsqueeze(0), lse.unsqueeze(0)
     qpos = meta.query_positions if meta.causal else meta.kv_lens  # dummy pointer when unused
     start = meta.shard_start if meta.causal else meta.kv_lens
-    grid = (meta.num_seqs * num_q_blocks, hkv)
+    grid = (meta.num_seqs * num_q_blocks, hkv, num_kv_splits)
     _shard_attention_kernel[grid](
-        query, key_cache, value_cache, out, lse,
+        query, key_cache, value_cache, part_out, part_lse,
         meta.block_table, meta.query_start_loc, meta.kv_lens, qpos, start,
         scale * LOG2E,
         num_q_blocks,
-        *query.stride(), *key_cache.stride(), *value_cache.stride(), *out.stride(),
-        *lse.stride(), meta.block_table.stride(0),
+        split_len,
+        *query.stride(), *key_cache.stride(), *value_cache.stride(), *part_out.stride(),
+        *part_lse.stride(), meta.block_table.stride(0),
         PAGE=page, GROUP=group, GROUP_PAD=group_pad, HEAD=d,
         HEAD_PAD=max(16, triton.next_power_of_2(d)),
         BLOCK_Q=block_q, BLOCK_N=block_n, CAUSAL=meta.causal,
         IEEE_DOT=_fp32_dots(query.dtype),
     )  # fmt: skip
+    if num_kv_splits > 1:
+        return merge_attn_states_triton(part_out, part_lse, out_dtype=query.dtype)
     return out, lse

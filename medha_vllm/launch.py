@@ -37,6 +37,9 @@ class VllmServer:
         self.port = free_port()
         self.log_path = log_path or f"/tmp/medha-vllm-serve-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
+        # NOTE(medha): without it, vLLM's CPU backend reserves 92 % of the
+        # NUMA node's memory and refuses to start when anything else runs.
+        self.env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
         self.startup_timeout = startup_timeout
         self.served_name = served_name
         self.proc: subprocess.Popen | None = None

@@ -27,7 +27,7 @@ from pathlib import Path
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor, ape, median
 
 PROFILE_PREFIX = "medha-profile-"
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2  # bump when the predictor's features change
 
 
 def default_profile_dir() -> Path:

@@ -43,7 +43,7 @@ from medha_vllm.policy.batching import PrefillCandidate, plan_batch
 from medha_vllm.policy.lars import SlackState, length_aware_ttft_deadline, priority_key
 from medha_vllm.policy.predictor import (BatchShape, LinearBatchPredictor, OnlineCorrection,
                                          PrefillTimeTable)
-from medha_vllm.profiler import (PROFILE_PREFIX, ProfilePlan, ProfileRecorder,
+from medha_vllm.profiler import (PROFILE_FORMAT, PROFILE_PREFIX, ProfilePlan, ProfileRecorder,
                                  default_profile_dir, hardware_id, load_profile, profile_key,
                                  save_profile)
 
@@ -188,7 +188,7 @@ class MedhaScheduler(Scheduler):
         if len(self._profile_rec.times) >= 8:
             self.predictor, stats = self._profile_rec.fit()
             save_profile(self._profile_path, {
-                "format": 1, "key": self._profile_key_fields,
+                "format": PROFILE_FORMAT, "key": self._profile_key_fields,
                 "predictor": self.predictor.to_dict(), "stats": stats})
             self.metrics.set_profile_error(stats["heldout_median_ape"])
             logger.info("Medha: profiled %d iterations in %.1f s; held-out median error "

@@ -75,8 +75,11 @@ def plan_batch(
             correction * predictor.predict_chunk(plan.shape, b, n, ctx)
         c = largest_fitting_chunk(time_of, limit, min(cand.remaining_tokens, tokens_left),
                                   min_chunk, max_chunk)
-        if c == 0 and not plan.chunks and not decode_contexts:
-            # Progress guarantee: an empty batch always takes one minimal chunk.
+        if c == 0 and not plan.chunks:
+            # NOTE(medha): progress guarantee: the most urgent prefill always
+            # gets at least one minimal chunk, even when that overruns the
+            # budget (at long context on a slow device one minimal chunk can
+            # cost more than the whole budget): no request starves.
             c = min(min_chunk, cand.remaining_tokens, tokens_left)
         if c <= 0:
             continue

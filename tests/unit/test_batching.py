@@ -8,7 +8,7 @@ from medha_vllm.policy.simulate import SimRequest, simulate_engine
 
 # 10 ms per step, 0.1 ms per token, 20 ms per million prefill (q,k) pairs,
 # 50 ms per million decode pairs, nothing per sequence.
-FAKE = LinearBatchPredictor([0.010, 1e-4, 0.020, 0.050, 0.0])
+FAKE = LinearBatchPredictor([0.010, 1e-4, 0.020, 0.0, 0.050, 0.0])
 
 
 def cand(rid, remaining, computed=0, rho=1.0, long=False):
@@ -76,3 +76,11 @@ def test_step_table_short_arrives_during_long_prefill(space_sharing):
     # one more iteration of the deadline).
     assert ttft < (0.2 if space_sharing else 0.5 + 0.1)
     assert all(r.finished is not None for r in reqs)
+
+
+def test_most_urgent_prefill_progresses_even_over_budget():
+    # At 10M tokens of context one 32-token chunk alone overruns the budget;
+    # the most urgent prefill still gets it, the next one gets nothing.
+    plan = plan_batch([1000] * 4, [cand("x", 10**6, computed=10**7), cand("y", 100)], FAKE,
+                      0.05, 8192, 32, 8192)
+    assert plan.chunks == {"x": 32}

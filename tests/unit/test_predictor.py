@@ -6,7 +6,7 @@ from medha_vllm.policy.predictor import (BatchShape, LinearBatchPredictor, Onlin
                                          PrefillTimeTable, ape, median)
 from medha_vllm.profiler import ProfilePlan, ProfileRecorder
 
-TRUE = LinearBatchPredictor([0.008, 8e-5, 0.03, 0.2, 0.001])
+TRUE = LinearBatchPredictor([0.008, 8e-5, 0.03, 0.9, 0.2, 0.001])
 
 
 def random_shape(rng):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor, PrefillTimeTable
 from medha_vllm.policy.simulate import SimRequest, simulate_engine
 
-FAKE = LinearBatchPredictor([0.005, 5e-5, 0.01, 0.02, 0.0])
+FAKE = LinearBatchPredictor([0.005, 5e-5, 0.01, 0.0, 0.02, 0.0])
 TARGET = 0.05
 
 req_strategy = st.tuples(
