@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmarks of the KV-sharded attention kernels (medha_vllm.kernels).
 
-    python benchmarks/bench_kernels.py            # defaults: the issue's spec, ~5-8 min on 2 cores
+    python benchmarks/bench_kernels.py            # defaults: the issue's spec, ~5 min on 2 cores
     python benchmarks/bench_kernels.py --quick    # seconds, smoke test
 
 Writes benchmarks/results/kernels.json (CPU) and, when CUDA is present,

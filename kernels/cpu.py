@@ -13,8 +13,8 @@ Strategy (one sequence at a time):
 3. Run ``aten._scaled_dot_product_flash_attention_for_cpu`` (which returns
    the natural-log LSE) on each segment, with the GQA group folded into the
    query length so one pass over a KV head serves all its query heads
-   (float32 chunks of 64..191 folded rows use a bmm online softmax instead,
-   see BLOCKED_MIN_ROWS).
+   (single-threaded, float32 chunks of 64..191 folded rows use a bmm
+   online softmax instead, see BLOCKED_MIN_ROWS).
 4. The tail runs with ``is_causal`` when it is the usual square diagonal
    block of a prefill chunk, else with an explicit mask.
 5. Merge the segment states exactly (online softmax, as in ``merge.py``).
@@ -49,6 +49,7 @@ MIN_VIEW_TOKENS = 512
 # 32-token chunk with 4 query heads per KV head) a bmm-based online softmax
 # over BLOCKED_TILE-token KV tiles is faster. Measured on 2 AVX-512 cores,
 # one thread: 117 vs 100 GFLOP/s at 128 rows, equal at 192+, slower below 64.
+# Used single-threaded only (see use_blocked below).
 BLOCKED_MIN_ROWS, BLOCKED_MAX_ROWS, BLOCKED_TILE = 64, 192, 512
 
 _workspace: dict[tuple, torch.Tensor] = {}
@@ -225,7 +226,12 @@ def shard_attention_cpu(
     viewable = _is_token_viewable(key_cache) and _is_token_viewable(value_cache)
     bytes_per_block = bs * hkv * d * key_cache.element_size()
     max_gather_blocks = max(1, workspace_bytes // bytes_per_block)
-    use_blocked = query.dtype == torch.float32
+    # NOTE(medha): the bmm path issues ~8 small ops per BLOCKED_TILE keys; with
+    # several intra-op threads each op pays an OpenMP barrier, and on cores
+    # shared with another busy process those barriers cost far more than the
+    # path saves (measured 20x slower with 2 threads next to a vLLM worker).
+    # Multi-threaded, torch's flash kernel (one op per segment) is as fast.
+    use_blocked = query.dtype == torch.float32 and torch.get_num_threads() == 1
     qsl, kv_lens = meta.query_start_loc.tolist(), meta.kv_lens.tolist()
     for i in range(meta.num_seqs):
         q0, q1, kv_len = qsl[i], qsl[i + 1], kv_lens[i]

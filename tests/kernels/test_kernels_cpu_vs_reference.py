@@ -168,3 +168,11 @@ def test_blocked_path_for_small_float32_chunks(monkeypatch, contiguous):
     p = make_sharded_problem([32, 1], [900, 40], 2, 8, 2, 64, contiguous_blocks=contiguous, seed=4)
     _each_shard(p, torch.float32, workspace_bytes=5 * 16 * 2 * 64 * 4)
     assert calls
+
+
+def test_multithreaded_uses_flash_for_small_chunks(monkeypatch):
+    """With >1 intra-op threads the same shapes go through torch's flash kernel and still match."""
+    monkeypatch.setattr(cpu_mod, "_attend_blocked", lambda *a: pytest.fail("bmm path used with 2 threads"))
+    torch.set_num_threads(2)  # restored by the autouse fixture in conftest.py
+    p = make_sharded_problem([32, 1], [300, 40], 2, 8, 2, 64, seed=6)
+    _each_shard(p, torch.float32)
