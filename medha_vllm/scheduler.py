@@ -215,8 +215,13 @@ class MedhaScheduler(Scheduler):
             cfg = self.medha
             total = self.prefill_table(request.num_prompt_tokens)
             xargs = (request.sampling_params.extra_args or {}) if request.sampling_params else {}
-            ttft = _positive(xargs.get(XARG_TTFT))
-            tbt = _positive(xargs.get(XARG_TBT))
+            ttft, tbt = _positive(xargs.get(XARG_TTFT)), _positive(xargs.get(XARG_TBT))
+            for name, raw, val in ((XARG_TTFT, xargs.get(XARG_TTFT), ttft),
+                                   (XARG_TBT, xargs.get(XARG_TBT), tbt)):
+                if raw is not None and val is None:
+                    logger.warning("Medha: request %s: vllm_xargs %s=%r is not a positive number "
+                                   "of seconds; using the default deadline", request.request_id,
+                                   name, raw)
             st = SlackState(
                 arrival=request.arrival_time,
                 ttft_deadline_s=ttft if ttft is not None else length_aware_ttft_deadline(
