@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 from vllm.logger import init_logger
@@ -82,11 +83,11 @@ class MedhaScheduler(Scheduler):
         self._slack: dict[str, SlackState] = {}
         self._token_deadline: dict[str, float] = {}
         self._was_scheduled: set[str] = set()
-        self._pending: tuple[float, BatchShape, float] | None = None
+        # (schedule() end time, batch shape) of the iteration in flight.
+        self._pending: tuple[float, BatchShape] | None = None
         self.correction = OnlineCorrection()
         self.metrics = MedhaMetricsRecorder(cfg.target_batch_time_s)
         self.predictor = LinearBatchPredictor()
-        self._predicted = 0.0
         self._profile_plan: ProfilePlan | None = None
         self._profile_rec: ProfileRecorder | None = None
         self._profile_path = None
@@ -110,7 +111,7 @@ class MedhaScheduler(Scheduler):
             "token_budget": self.max_num_scheduled_tokens, "vllm": _vllm_version(),
             "max_context": self._profile_context(),
         }
-        pdir = default_profile_dir() if cfg.profile_dir is None else _path(cfg.profile_dir)
+        pdir = default_profile_dir() if cfg.profile_dir is None else Path(cfg.profile_dir).expanduser()
         self._profile_path = pdir / f"{profile_key(key_fields)}.json"
         cached = load_profile(self._profile_path)
         if cached is not None:
@@ -243,7 +244,7 @@ class MedhaScheduler(Scheduler):
         finally:
             self._caps = {}
             self._cap_default = None
-        self._pending = (time.perf_counter(), self._shape_of(output), self._predicted)
+        self._pending = (time.perf_counter(), self._shape_of(output))
         self._account_pauses(output)
         return output
 
@@ -320,7 +321,6 @@ class MedhaScheduler(Scheduler):
         rank = {r.request_id: i for i, (_, r) in enumerate(keyed)}
         self.running[:] = decodes + sorted(prefills, key=lambda r: rank[r.request_id])
         self._reorder_waiting([r.request_id for r in planned_waiting])
-        self._predicted = plan.predicted_time_s
         for _, r in keyed:
             if r.request_id in plan.chunks:
                 self.metrics.observe_chunk(plan.chunks[r.request_id])
@@ -375,7 +375,6 @@ class MedhaScheduler(Scheduler):
         self._caps = dict(step.caps)
         self._cap_default = 0
         self._reorder_waiting([rid for rid in step.caps])
-        self._predicted = 0.0
 
     def _reorder_waiting(self, first_ids: list[str]) -> None:
         """Planned waiting requests first, in plan order; the rest keep order."""
@@ -414,7 +413,7 @@ class MedhaScheduler(Scheduler):
     def update_from_output(self, scheduler_output, model_runner_output):
         measured = None
         if self._pending is not None:
-            t0, shape, predicted = self._pending
+            t0, shape = self._pending
             measured = time.perf_counter() - t0
             self._pending = None
             if shape.num_tokens:
@@ -478,12 +477,6 @@ def _positive(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
-
-
-def _path(p: str):
-    from pathlib import Path
-
-    return Path(p).expanduser()
 
 
 def _vllm_version() -> str:

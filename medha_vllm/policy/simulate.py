@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from medha_vllm.policy.batching import PrefillCandidate, plan_batch
-from medha_vllm.policy.lars import SlackState, length_aware_ttft_deadline, priority_key, slack
+from medha_vllm.policy.lars import SlackState, length_aware_ttft_deadline, priority_key
 from medha_vllm.policy.predictor import LinearBatchPredictor, PrefillTimeTable
 
 
@@ -133,5 +133,3 @@ def simulate_engine(reqs: list[SimRequest], predictor: LinearBatchPredictor, tar
     res.iterations = it
     return res
 
-
-__all__ = ["SimJob", "simulate_single_server", "SimRequest", "simulate_engine", "slack"]
