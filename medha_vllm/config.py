@@ -21,6 +21,9 @@ class MedhaConfigError(ValueError):
 _SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
     "target_batch_time_s": (float, 0.0, 60.0, False,
         "time budget of one engine iteration (s); chunks are sized to fit it"),
+    "solo_batch_time_s": (float, 0.0, 600.0, False,
+        "time budget of an iteration whose prefill is the only request in the engine "
+        "(nothing else running or waiting); default 8 x target_batch_time_s"),
     "tbt_slo_s": (float, 0.0, 600.0, False,
         "deadline between consecutive output tokens (s); default 1.5 x target_batch_time_s"),
     "ttft_deadline_multiplier": (float, 1.0, 1000.0, True,
@@ -46,6 +49,8 @@ _BOOL_OPTS = {
 }
 _STR_OPTS = {
     "profile_dir": "directory of cached predictor profiles (default ~/.cache/medha-vllm/profiles)",
+    "timeline_path": "append a Chrome-trace timeline of every pipeline stage's forward "
+                     "passes to this file (open it in Perfetto)",
 }
 
 
@@ -53,6 +58,8 @@ _STR_OPTS = {
 class MedhaConfig:
     # Iteration time budget (s). None: platform default (see resolve()).
     target_batch_time_s: float | None = None
+    # Budget of an iteration whose prefill is alone in the engine. None: 8 x target.
+    solo_batch_time_s: float | None = None
     # Decode (time-between-tokens) deadline (s). None: 1.5 x target.
     tbt_slo_s: float | None = None
     # Length-aware TTFT deadline: max(multiplier x standalone prefill, floor).
@@ -70,21 +77,27 @@ class MedhaConfig:
     profile_dir: str | None = None
     profile_time_budget_s: float = 45.0
     profile_max_context: int = 65536
+    # Stage timeline (Chrome trace) output file; None: off.
+    timeline_path: str | None = None
     # Anything the user passed that we resolved (for logging).
     _explicit: frozenset = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, (typ, lo, hi, lo_incl, desc) in _SPECS.items():
             value = getattr(self, name)
-            if value is None and name in ("target_batch_time_s", "tbt_slo_s"):
+            if value is None and name in ("target_batch_time_s", "tbt_slo_s",
+                                          "solo_batch_time_s"):
                 continue
             _check_number(name, value, typ, lo, hi, lo_incl)
         for name in _BOOL_OPTS:
             if not isinstance(getattr(self, name), bool):
                 raise MedhaConfigError(
                     f"medha option '{name}' must be true or false, got {getattr(self, name)!r}")
-        if self.profile_dir is not None and not isinstance(self.profile_dir, str):
-            raise MedhaConfigError(f"medha option 'profile_dir' must be a path string, got {self.profile_dir!r}")
+        for name in _STR_OPTS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise MedhaConfigError(
+                    f"medha option '{name}' must be a path string, got {value!r}")
         if self.max_chunk_size < self.min_chunk_size:
             raise MedhaConfigError(
                 f"medha option 'max_chunk_size' = {self.max_chunk_size} must be >= "
@@ -117,7 +130,9 @@ class MedhaConfig:
         if target is None:
             target = 0.05 if on_gpu else 0.15
         tbt = self.tbt_slo_s if self.tbt_slo_s is not None else 1.5 * target
-        return dataclasses.replace(self, target_batch_time_s=target, tbt_slo_s=tbt)
+        solo = self.solo_batch_time_s if self.solo_batch_time_s is not None else 8 * target
+        return dataclasses.replace(self, target_batch_time_s=target, tbt_slo_s=tbt,
+                                   solo_batch_time_s=max(solo, target))
 
     @staticmethod
     def describe_options() -> dict[str, str]:

