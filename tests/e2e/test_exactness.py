@@ -21,15 +21,12 @@ from pathlib import Path
 import pytest
 from openai import AsyncOpenAI
 
+from exactness_common import assert_same, words
+
 from medha_vllm.launch import VllmServer
 
 pytestmark = pytest.mark.e2e
-LOGPROB_ATOL = 2e-4
 MODEL = "smollm2"
-
-
-def words(i: int, n: int) -> str:
-    return " ".join(f"item{(i * 31 + k) % 997}" for k in range(n))
 
 
 # Mixed batch: long prompts (many chunks) and short ones, sent together.
@@ -53,14 +50,6 @@ async def run_all(base_url: str) -> list[dict]:
         return {"tokens": lp.tokens, "logprobs": lp.token_logprobs}
 
     return await asyncio.gather(*(one(p) for p in PROMPTS))
-
-
-def assert_same(plain: list[dict], medha: list[dict]) -> None:
-    assert len(plain) == len(medha)
-    for i, (a, b) in enumerate(zip(plain, medha)):
-        assert a["tokens"] == b["tokens"], f"request {i}: tokens differ"
-        for x, y in zip(a["logprobs"], b["logprobs"]):
-            assert abs(x - y) <= LOGPROB_ATOL, f"request {i}: logprob {x} vs {y}"
 
 
 def test_server_exactness_with_small_chunks_and_preemption(smollm2_path, tmp_path):

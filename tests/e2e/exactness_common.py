@@ -1,0 +1,21 @@
+"""Helpers shared by the exactness tests (imported by test modules in this
+folder, which pytest puts on sys.path)."""
+
+from __future__ import annotations
+
+# Token ids must be identical; log-probabilities may differ by float reduction
+# order only (chunked prefill sums attention over the context in other blocks
+# than one-shot prefill), so they must agree to 2e-4 absolute.
+LOGPROB_ATOL = 2e-4
+
+
+def words(i: int, n: int) -> str:
+    return " ".join(f"item{(i * 31 + k) % 997}" for k in range(n))
+
+
+def assert_same(plain: list[dict], other: list[dict]) -> None:
+    assert len(plain) == len(other)
+    for i, (a, b) in enumerate(zip(plain, other)):
+        assert a["tokens"] == b["tokens"], f"request {i}: tokens differ"
+        for x, y in zip(a["logprobs"], b["logprobs"]):
+            assert abs(x - y) <= LOGPROB_ATOL, f"request {i}: logprob {x} vs {y}"
