@@ -37,6 +37,8 @@ class HolConfig:
     seed: int = 0
     servers: tuple[str, ...] = ("plain", "plain-chunked", "medha", "idle")
     medha_args: list[str] = field(default_factory=list)
+    # Extra `vllm serve` args for every server (e.g. ["-pp", "2"]).
+    common_args: list[str] = field(default_factory=list)
     log_dir: Path = Path("/tmp/medha-hol-logs")
 
     def spec(self) -> WorkloadSpec:
@@ -51,7 +53,7 @@ class HolConfig:
 
     def server_args(self) -> dict[str, list[str]]:
         common = ["--max-model-len", str(self.long_tokens + self.long_output_tokens + 512),
-                  "--seed", str(self.seed)]
+                  "--seed", str(self.seed)] + list(self.common_args)
         medha = common + ["--scheduler", "medha"] + list(self.medha_args)
         return {"plain": common,
                 "plain-chunked": common + ["--long-prefill-token-threshold", "512"],

@@ -41,7 +41,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from medha_vllm.config import MedhaConfig
 from medha_vllm.metrics import MedhaMetricsRecorder
-from medha_vllm.policy.batching import PrefillCandidate, plan_batch
+from medha_vllm.policy.batching import PrefillCandidate, drain_tail_cap, plan_batch
 from medha_vllm.policy.lars import SlackState, length_aware_ttft_deadline, priority_key
 from medha_vllm.policy.predictor import (BatchShape, LinearBatchPredictor, OnlineCorrection,
                                          PrefillTimeTable)
@@ -55,6 +55,8 @@ logger = init_logger(f"vllm.{__name__}")
 # Per-request SLO fields accepted in `vllm_xargs` (SamplingParams.extra_args).
 XARG_TTFT = "ttft_deadline_s"
 XARG_TBT = "tbt_deadline_s"
+# Smallest chunk the SPP drain split makes (tokens).
+DRAIN_MIN_TAIL_TOKENS = 256
 
 
 class MedhaScheduler(Scheduler):
@@ -344,6 +346,18 @@ class MedhaScheduler(Scheduler):
             min(cfg.max_chunk_size, self.max_num_scheduled_tokens),
             space_sharing=cfg.space_sharing, rho_max=cfg.space_sharing_max_slack,
             correction=self.correction.factor(True))
+        if self.pp > 1:
+            # SPP: split the end of a long prompt ever smaller so the pipeline
+            # drains fast (the first token waits for the last chunk to cross
+            # every stage). Short prompts are not split: per-chunk overheads
+            # would outweigh the saving.
+            for _, r in keyed:
+                c = plan.chunks.get(r.request_id)
+                if c and r.num_prompt_tokens >= cfg.long_request_threshold:
+                    cap = drain_tail_cap(r.num_tokens - r.num_computed_tokens, self.pp,
+                                         DRAIN_MIN_TAIL_TOKENS)
+                    if cap is not None and cap < c:
+                        plan.chunks[r.request_id] = cap
         # Never admit more new requests than there are free running slots.
         planned_waiting = [r for _, r in keyed if r.request_id in plan.chunks
                            and r.status != RequestStatus.RUNNING][:max(free_slots, 0)]

@@ -92,3 +92,18 @@ def plan_batch(
             others_pending -= 1
     plan.predicted_time_s = correction * base
     return plan
+
+
+def drain_tail_cap(remaining_tokens: int, stages: int, min_tail: int) -> int | None:
+    """Chunk cap that shortens the pipeline drain of a long prefill under SPP.
+
+    The first token of a prompt pipelined over `stages` stages is ready when
+    its last chunk leaves the last stage, so after the first stage has
+    dispatched the last chunk, the pipeline still needs (stages - 1) stage
+    passes of that chunk. Splitting the final `stages` chunks' worth of tokens
+    ever smaller (remaining / stages each time, down to `min_tail` tokens)
+    keeps every stage busy to the end and leaves only a small chunk to drain.
+    Returns None when no cap applies (one stage, or far from the end)."""
+    if stages <= 1 or remaining_tokens <= min_tail:
+        return None
+    return max(min_tail, -(-remaining_tokens // stages))

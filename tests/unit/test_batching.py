@@ -84,3 +84,20 @@ def test_most_urgent_prefill_progresses_even_over_budget():
     plan = plan_batch([1000] * 4, [cand("x", 10**6, computed=10**7), cand("y", 100)], FAKE,
                       0.05, 8192, 32, 8192)
     assert plan.chunks == {"x": 32}
+
+
+def test_drain_tail_cap_splits_only_the_end_of_a_pipelined_prompt():
+    from medha_vllm.policy.batching import drain_tail_cap
+
+    assert drain_tail_cap(30000, 1, 256) is None  # no pipeline
+    assert drain_tail_cap(200, 2, 256) is None  # already small
+    # Far from the end the cap is above any real chunk (no effect); near the
+    # end the chunks halve down to the minimum tail.
+    assert drain_tail_cap(30000, 2, 256) == 15000
+    tail, left = [], 1800
+    while left > 0:
+        c = min(left, drain_tail_cap(left, 2, 256) or left)
+        tail.append(c)
+        left -= c
+    assert tail == [900, 450, 256, 194]
+    assert drain_tail_cap(1000, 4, 64) == 250
