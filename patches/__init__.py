@@ -18,7 +18,7 @@ from typing import Callable
 # Module names (relative to this package) of every patch, in apply order.
 # stage_timeline must precede cpu_pp (cpu_pp wraps the method stage_timeline
 # wraps on the parent class).
-PATCH_MODULES = ("cli_args", "parallel_layout", "stage_timeline", "cpu_pp")
+PATCH_MODULES = ("cli_args", "parallel_layout", "stage_timeline", "cpu_pp", "ray_cpu")
 
 
 @dataclass(frozen=True)
