@@ -170,7 +170,26 @@ class MedhaScheduler(Scheduler):
 
     def has_requests(self) -> bool:
         # A pending start-up profile makes the engine loop run iterations.
-        return self._profile_plan is not None or super().has_requests()
+        if self._profile_plan is not None:
+            return True
+        if not super().has_requests():
+            return False
+        # NOTE(medha): with pipeline stages, vLLM's engine calls schedule()
+        # whenever its batch queue has room; when every request is waiting for
+        # a batch in flight (e.g. one decode), that yields an empty batch, which
+        # still makes a round trip through every worker before the real next
+        # batch can go. Reporting "nothing to schedule" then makes the engine
+        # wait for the batch in flight instead (it keeps stepping while its
+        # batch queue is non-empty, and new arrivals flip this back).
+        return not self._pipeline_stalled()
+
+    def _pipeline_stalled(self) -> bool:
+        """Nothing can be dispatched until a batch in flight returns."""
+        if self.pp <= 1 or not any(shape.num_tokens for _, shape, _ in self._pending):
+            return False
+        if len(self.waiting) or self.finished_req_ids:
+            return False
+        return all(r.num_computed_tokens >= r.num_tokens for r in self.running)
 
     def _block_hasher(self):
         """The engine's block hasher (prefix caching needs block hashes for
