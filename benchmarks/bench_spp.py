@@ -28,8 +28,8 @@ from medha_vllm.launch import VllmServer  # noqa: E402
 from medha_vllm.layout import cpu_thread_binding  # noqa: E402
 from medha_vllm.loadgen import replay  # noqa: E402
 from medha_vllm.models import build_synthetic  # noqa: E402
-from medha_vllm.timeline import (load_spans, overlapping_chunks, prefill_window,  # noqa: E402
-                                 stage_utilisation)
+from medha_vllm.timeline import (load_spans, overlapping_chunks, prefill_tokens_by_request,  # noqa: E402,E501
+                                 prefill_window, stage_utilisation)
 from medha_vllm.workload import WorkItem  # noqa: E402
 
 SERVED = "synthetic"
@@ -95,12 +95,7 @@ def run_layout(name: str, model: str, args: argparse.Namespace, log_dir: Path) -
 
 def timeline_figures(path: Path, prompt_tokens: int) -> dict:
     spans = load_spans(path)
-    totals: dict[str, int] = {}
-    for s in spans:
-        if s.stage == 0:
-            for rid, v in s.reqs.items():
-                if v["kind"] == "prefill":
-                    totals[rid] = totals.get(rid, 0) + v["n"]
+    totals = prefill_tokens_by_request(spans)
     longs = [rid for rid, n in totals.items() if n >= prompt_tokens]
     per_req = []
     for rid in longs:

@@ -144,6 +144,17 @@ def _union(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
+def prefill_tokens_by_request(spans: list[Span], stage: int = 0) -> dict[str, int]:
+    """req_id -> prefill tokens it had in forward passes of `stage`."""
+    totals: dict[str, int] = {}
+    for s in spans:
+        if s.stage == stage:
+            for rid, v in s.reqs.items():
+                if v.get("kind") == "prefill":
+                    totals[rid] = totals.get(rid, 0) + v["n"]
+    return totals
+
+
 def prefill_window(spans: list[Span], rid: str) -> tuple[float, float]:
     """From the first to the last forward pass holding a prefill chunk of rid."""
     own = [s for s in spans if s.has_prefill_of(rid)]

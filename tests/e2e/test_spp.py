@@ -24,7 +24,8 @@ from openai import AsyncOpenAI
 from exactness_common import assert_same, words
 
 from medha_vllm.launch import VllmServer, vllm_executable
-from medha_vllm.timeline import load_spans, overlapping_chunks, prefill_window, stage_utilisation
+from medha_vllm.timeline import (load_spans, overlapping_chunks, prefill_tokens_by_request,
+                                 prefill_window, stage_utilisation)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cpu]
 MODEL = "smollm2"
@@ -76,12 +77,7 @@ def test_spp2_medha_equals_single_worker_and_pipelines_chunks(
     spans = load_spans(timeline)
     assert {s.stage for s in spans} == {0, 1}
     # The longest prefill in the trace is the first long prompt.
-    totals: dict[str, int] = {}
-    for s in spans:
-        if s.stage == 0:
-            for rid, v in s.reqs.items():
-                if v["kind"] == "prefill":
-                    totals[rid] = totals.get(rid, 0) + v["n"]
+    totals = prefill_tokens_by_request(spans)
     rid = max(totals, key=totals.get)
     assert totals[rid] > 1000
     pairs = overlapping_chunks(spans, rid)

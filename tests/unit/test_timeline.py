@@ -76,3 +76,16 @@ def test_closed_json_is_read_too(tmp_path):
 def test_describe():
     assert describe({"a": {"n": 512, "start": 1024, "kind": "prefill"},
                      "b": {"n": 1, "start": 7, "kind": "decode"}}) == "a [1024:1536], 1 decodes"
+
+
+def test_prefill_tokens_by_request(tmp_path):
+    from medha_vllm.timeline import prefill_tokens_by_request
+
+    path = str(tmp_path / "tl.json")
+    a = {"r": {"n": 64, "start": 0, "kind": "prefill"}, "d": {"n": 1, "start": 9, "kind": "decode"}}
+    b = {"r": {"n": 32, "start": 64, "kind": "prefill"}, "s": {"n": 5, "start": 0, "kind": "prefill"}}
+    _write(path, 0, [(a, 0, 1), (b, 1, 2)])
+    _write(path, 1, [(a, 1, 2)])
+    spans = load_spans(path)
+    assert prefill_tokens_by_request(spans) == {"r": 96, "s": 5}
+    assert prefill_tokens_by_request(spans, stage=1) == {"r": 64}
