@@ -187,6 +187,8 @@ class MedhaScheduler(Scheduler):
         """Nothing can be dispatched until a batch in flight returns."""
         if self.pp <= 1 or not any(shape.num_tokens for _, shape, _ in self._pending):
             return False
+        if len(self._pending) > self.pp:
+            return False  # bookkeeping out of step with the engine: never stall on it
         if len(self.waiting) or self.finished_req_ids:
             return False
         return all(r.num_computed_tokens >= r.num_tokens for r in self.running)
