@@ -183,9 +183,13 @@ class MedhaScheduler(Scheduler):
         # batch queue is non-empty, and new arrivals flip this back).
         return not self._pipeline_stalled()
 
+    def _batch_in_flight(self) -> bool:
+        """A non-empty batch was dispatched and its output has not come back."""
+        return any(shape.num_tokens for _, shape, _ in self._pending)
+
     def _pipeline_stalled(self) -> bool:
         """Nothing can be dispatched until a batch in flight returns."""
-        if self.pp <= 1 or not any(shape.num_tokens for _, shape, _ in self._pending):
+        if self.pp <= 1 or not self._batch_in_flight():
             return False
         if len(self._pending) > self.pp:
             return False  # bookkeeping out of step with the engine: never stall on it
@@ -247,8 +251,9 @@ class MedhaScheduler(Scheduler):
         after the first (about (pp - 1) / pp of one iteration)."""
         if self.pp <= 1:
             return work_s
-        fill = self.medha.target_batch_time_s * (self.pp - 1) / self.pp
-        return work_s / self.pp + (fill if in_flight or work_s > 0 else 0.0)
+        if work_s <= 0 and not in_flight:
+            return 0.0
+        return work_s / self.pp + self.medha.target_batch_time_s * (self.pp - 1) / self.pp
 
     def _remaining_s(self, r: Request) -> float:
         """Remaining prefill time of r from its dispatched cursor
@@ -282,7 +287,7 @@ class MedhaScheduler(Scheduler):
 
     # ------------------------------------------------------------ schedule
     def schedule(self, throttle_prefills: bool = False):
-        in_flight = any(shape.num_tokens for _, shape, _ in self._pending)
+        in_flight = self._batch_in_flight()
         if self._profile_plan is not None:
             if in_flight:
                 # NOTE(medha): with pipeline stages the engine asks for the next

@@ -57,6 +57,8 @@ class StageRecorder:
         except FileExistsError:
             pass
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        # The last stage's pass ends when sampling returns, not execute_model.
+        self.is_last = pp_rank == pp_size - 1
         self._emit({"name": "process_name", "ph": "M", "pid": pp_rank, "tid": tp_rank,
                     "args": {"name": f"stage {pp_rank}"}})
         self._emit({"name": "thread_name", "ph": "M", "pid": pp_rank, "tid": tp_rank,

@@ -59,7 +59,6 @@ def _recorder(worker):
 
         pp = get_pp_group()
         rec = StageRecorder(path, pp.rank_in_group, get_tp_group().rank_in_group, pp.world_size)
-        rec.is_last = pp.is_last_rank
         logger.info("medha: stage %d writes its timeline to %s", pp.rank_in_group, path)
     worker._medha_timeline = rec
     # The runner reports when a later stage's inputs have arrived.
@@ -104,26 +103,17 @@ def _wrap_execute(orig):
     return execute_model
 
 
-def _wrap_sample(orig):
+def _wrap_then(orig, mark: str):
+    """Call the original, then the recorder's `mark` method (if recording):
+    "end" after sampling, "inputs_ready" after a later stage's inputs arrived."""
     @functools.wraps(orig)
-    def sample_tokens(self, *args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         out = orig(self, *args, **kwargs)
         rec = getattr(self, "_medha_timeline", None)
         if rec is not None:
-            rec.end()
+            getattr(rec, mark)()
         return out
-    return sample_tokens
-
-
-def _wrap_sync(orig):
-    @functools.wraps(orig)
-    def sync_and_gather_intermediate_tensors(self, *args, **kwargs):
-        out = orig(self, *args, **kwargs)
-        rec = getattr(self, "_medha_timeline", None)
-        if rec is not None:
-            rec.inputs_ready()
-        return out
-    return sync_and_gather_intermediate_tensors
+    return wrapper
 
 
 def _patch_worker(mod) -> None:
@@ -131,14 +121,14 @@ def _patch_worker(mod) -> None:
     _ORIG["execute_model"] = Worker.execute_model
     _ORIG["sample_tokens"] = Worker.sample_tokens
     Worker.execute_model = _wrap_execute(Worker.execute_model)
-    Worker.sample_tokens = _wrap_sample(Worker.sample_tokens)
+    Worker.sample_tokens = _wrap_then(Worker.sample_tokens, "end")
 
 
 def _patch_runner(mod) -> None:
     Runner = mod.GPUModelRunner
     _ORIG["sync"] = Runner.sync_and_gather_intermediate_tensors
-    Runner.sync_and_gather_intermediate_tensors = _wrap_sync(
-        Runner.sync_and_gather_intermediate_tensors)
+    Runner.sync_and_gather_intermediate_tensors = _wrap_then(
+        Runner.sync_and_gather_intermediate_tensors, "inputs_ready")
 
 
 def apply() -> bool:
