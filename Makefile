@@ -13,13 +13,14 @@ setup:
 	@bash scripts/setup.sh
 
 models: setup
-	@$(PY) -m medha_vllm.models
+	@$(PY) -m benchmarks.harness.models
 
 demo: models
-	@$(PY) -m medha_vllm.demo
+	@$(PY) examples/demo.py
 
+# --durations: CI's output lists the slowest tests.
 test: models
-	@$(PY) -m pytest -q tests
+	@$(PY) -m pytest -q tests --durations=15
 
 test-all: models
 	@$(PY) -m pytest -q -m "" tests

@@ -10,13 +10,13 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from common import RESULTS, machine, write_json  # noqa: E402
 
-from medha_vllm.hol import HolConfig, print_table, run_hol  # noqa: E402
-from medha_vllm.models import build_synthetic  # noqa: E402
-from medha_vllm.workload import default_trace_path  # noqa: E402
+from benchmarks.harness.hol import HolConfig, print_table, run_hol  # noqa: E402
+from benchmarks.harness.models import build_synthetic  # noqa: E402
+from benchmarks.harness.workload import default_trace_path  # noqa: E402
 
 TARGETS = {"short_ttft_p50_speedup": ">= 30", "short_ttft_p90_speedup": ">= 100",
            "short_ttft_p50_speedup_vs_chunked": ">= 4", "tbt_p99_speedup_vs_chunked": ">= 4",

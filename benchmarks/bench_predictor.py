@@ -16,14 +16,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from common import RESULTS, machine, write_json  # noqa: E402
 
-from medha_vllm.launch import VllmServer  # noqa: E402
-from medha_vllm.loadgen import replay  # noqa: E402
-from medha_vllm.models import build_synthetic  # noqa: E402
-from medha_vllm.workload import WorkloadSpec, build_workload, default_trace_path  # noqa: E402
+from benchmarks.harness.launch import VllmServer  # noqa: E402
+from benchmarks.harness.loadgen import replay  # noqa: E402
+from benchmarks.harness.models import build_synthetic  # noqa: E402
+from benchmarks.harness.workload import WorkloadSpec, build_workload, default_trace_path  # noqa: E402
 
 
 def main(argv=None):

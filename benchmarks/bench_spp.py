@@ -20,17 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from common import RESULTS, machine, write_json  # noqa: E402
 
-from medha_vllm.launch import VllmServer  # noqa: E402
+from benchmarks.harness.launch import VllmServer  # noqa: E402
 from medha_vllm.layout import cpu_thread_binding  # noqa: E402
-from medha_vllm.loadgen import replay  # noqa: E402
-from medha_vllm.models import build_synthetic  # noqa: E402
+from benchmarks.harness.loadgen import replay  # noqa: E402
+from benchmarks.harness.models import build_synthetic  # noqa: E402
 from medha_vllm.timeline import (load_spans, overlapping_chunks, prefill_tokens_by_request,  # noqa: E402,E501
                                  prefill_window, stage_utilisation)
-from medha_vllm.workload import WorkItem  # noqa: E402
+from benchmarks.harness.workload import WorkItem  # noqa: E402
 
 SERVED = "synthetic"
 TARGETS = {"spp2_scaling_efficiency": ">= 0.8", "spp2_vs_plain_pp2": ">= 1.0",
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     log_dir.mkdir(parents=True, exist_ok=True)
     runs = {name: run_layout(name, model, a, log_dir) for name in a.layouts.split(",")}
     ttft = {k: v["ttft_s"] for k, v in runs.items()}
-    out: dict = {"workload": {"model": "synthetic 4-layer Llama (medha_vllm.models)",
+    out: dict = {"workload": {"model": "synthetic 4-layer Llama (benchmarks.harness.models)",
                               "prompt_tokens": a.prompt_tokens, "output_tokens": a.output_tokens,
                               "reps": a.reps, "dtype": "model default (float32 on CPU)"},
                  "note": "2-core CPU: each stage is one core; the API server, engine core and "

@@ -15,14 +15,37 @@ _registered = False
 
 
 def register() -> None:
-    """vLLM general-plugin entry point: check the vLLM version, apply patches."""
+    """vLLM general-plugin entry point: check the vLLM version, apply patches.
+
+    NOTE(medha): installing the plugin must never break plain vLLM. Next to a
+    vLLM it does not support, it logs one warning and stays out of the way
+    (no patch applied) in every process; only asking for Medha
+    (`--scheduler medha`, a `--medha-*` flag, or MedhaScheduler itself) turns
+    that into a start-up error that says what to install."""
     global _registered
     if _registered:
         return
-    from medha_vllm.compat import check_vllm_version
-
-    check_vllm_version()
-    from medha_vllm.patches import apply_all
-
-    apply_all()
     _registered = True
+    from medha_vllm.compat import vllm_version_problem
+
+    problem = vllm_version_problem()
+    if problem is None:
+        from medha_vllm.patches import apply_all
+
+        apply_all()
+        return
+    import logging
+
+    logging.getLogger("vllm.medha_vllm").warning(
+        "medha-vllm is inactive: %s Plain vLLM runs unchanged; --scheduler medha will "
+        "refuse to start.", problem)
+    try:
+        # Only the flags, so that `--scheduler medha` fails with that message
+        # instead of "unrecognized arguments".
+        from medha_vllm.patches import cli_args
+
+        cli_args.UNSUPPORTED = problem
+        cli_args.apply()
+    except Exception as e:  # noqa: BLE001 - never break plain vLLM
+        logging.getLogger("vllm.medha_vllm").warning(
+            "medha-vllm: could not add its CLI flags to this vLLM (%s)", e)

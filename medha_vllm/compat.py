@@ -40,3 +40,12 @@ def check_vllm_version(version: str | None = None) -> str:
             "Install a supported vLLM (see README: make setup)."
         )
     return version
+
+
+def vllm_version_problem(version: str | None = None) -> str | None:
+    """None if the installed vLLM (or `version`) is supported, else why not."""
+    try:
+        check_vllm_version(version)
+    except UnsupportedVLLMVersion as e:
+        return str(e)
+    return None

@@ -67,6 +67,9 @@ class MedhaSnapshot:
     predictor_profile_error: float = float("nan")
     # Configured iteration budget (s).
     target_batch_time_s: float = 0.0
+    # Requests the engine finished because they were aborted (client
+    # disconnects, API aborts), start-up profile requests excluded.
+    aborted_requests: int = 0
 
 
 class MedhaMetricsRecorder:
@@ -94,6 +97,9 @@ class MedhaMetricsRecorder:
 
     def count_preemption(self, kind: str) -> None:
         self.snap.preemptions[kind] = self.snap.preemptions.get(kind, 0) + 1
+
+    def count_abort(self) -> None:
+        self.snap.aborted_requests += 1
 
     def count_miss(self, req_id: str, kind: str) -> None:
         if req_id in self._missed:
@@ -161,6 +167,8 @@ class _SnapshotCollector:
         miss = CounterMetricFamily("medha:deadline_misses", "Requests that missed a deadline, by kind of first miss", labels=["engine", "kind"])
         err = GaugeMetricFamily("medha:predictor_error_ratio", "Median absolute percentage error of the runtime predictor", labels=["engine", "source"])
         tgt = GaugeMetricFamily("medha:target_batch_time_seconds", "Iteration time budget", labels=["engine"])
+        abo = CounterMetricFamily("medha:aborted_requests", "Requests the engine finished by abort "
+                                  "(client disconnects, API aborts)", labels=["engine"])
         for i, s in enumerate(snaps):
             for kind, v in s["preemptions"].items():
                 pre.add_metric([str(i), kind], v)
@@ -169,7 +177,8 @@ class _SnapshotCollector:
             err.add_metric([str(i), "live"], s["predictor_live_error"])
             err.add_metric([str(i), "profile"], s["predictor_profile_error"])
             tgt.add_metric([str(i)], s["target_batch_time_s"])
-        yield from (pre, miss, err, tgt)
+            abo.add_metric([str(i)], s.get("aborted_requests", 0))
+        yield from (pre, miss, err, tgt, abo)
 
 
 _collector_registered = False

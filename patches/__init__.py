@@ -1,19 +1,28 @@
 """Runtime patches of vLLM internals (installed as `medha_vllm.patches`).
 
 Every patch module opens with a header (target, process, vLLM versions
-verified, why, how, upstream, "Remove when") and exports `SPEC` (a PatchSpec)
-plus an idempotent `apply()`. `apply_all()` is called by the plugin entry point
-in every vLLM process. tests/unit/test_patches.py walks this registry.
+verified, why, how, upstream, "Remove when") and exports `SPEC` (a PatchSpec:
+targets, import sites, upstream reference, removal condition, feature probe,
+what it does without Medha) plus an idempotent `apply()` that says what it did
+(a PatchResult: applied / already / retired / not needed). `apply_all()` is
+called by the plugin entry point in every vLLM process.
+tests/unit/test_patches.py walks this registry.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 import importlib.abc
+import logging
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable
+
+# NOTE(medha): plain logging here (vLLM's logger would import vllm when this
+# package is imported); under "vllm." so vLLM's logging config shows it.
+logger = logging.getLogger("vllm.medha_vllm.patches")
 
 # Module names (relative to this package) of every patch, in apply order.
 # stage_timeline must precede cpu_pp (cpu_pp wraps the method stage_timeline
@@ -21,16 +30,46 @@ from typing import Callable
 PATCH_MODULES = ("cli_args", "parallel_layout", "stage_timeline", "cpu_pp", "ray_cpu")
 
 
+class PatchResult(str, enum.Enum):
+    """What `apply()` did."""
+
+    APPLIED = "applied"        # rebound now, or post-import hooks installed that rebind
+    ALREADY = "already"        # applied earlier in this process: nothing done
+    RETIRED = "retired"        # the probe found upstream fixed: nothing rebound
+    NOT_NEEDED = "not needed"  # not this platform, or an optional dependency is missing
+
+
 @dataclass(frozen=True)
 class PatchSpec:
-    # Dotted path of the vLLM symbol that is rebound.
-    target: str
+    # Short name (the module name).
+    name: str
+    # Dotted paths of every vLLM symbol the patch rebinds.
+    targets: tuple[str, ...]
+    # Other places holding a target by value (`from m import X` copies) that
+    # are rebound too; () when every caller looks the target up at call time.
+    import_sites: tuple[str, ...]
     # Processes where it matters: "api", "engine", "worker".
     processes: tuple[str, ...]
     # vLLM versions it was verified against.
     verified: tuple[str, ...]
     # One line: what it does.
     summary: str
+    # Upstream issue / PR, or why none.
+    upstream: str
+    # The condition under which the patch can be deleted.
+    remove_when: str
+    # Feature probe: True once vLLM no longer needs the patch (then apply()
+    # retires it); None when there is nothing to probe (remove_when says why).
+    probe: Callable[[], bool] | None
+    # What it does when Medha is not selected ("nothing: pass-through", or
+    # the behaviour plain vLLM gets too).
+    without_medha: str
+
+
+_results: dict[str, PatchResult] = {}
+# Dotted target path -> the object the patch bound there.
+_replacements: dict[str, object] = {}
+_lock = threading.RLock()
 
 
 def iter_patches():
@@ -38,12 +77,58 @@ def iter_patches():
         yield importlib.import_module(f"{__name__}.{name}")
 
 
-def apply_all() -> list[str]:
-    applied = []
-    for mod in iter_patches():
-        if mod.apply():
-            applied.append(mod.__name__)
-    return applied
+def apply_all() -> dict[str, PatchResult]:
+    return {mod.SPEC.name: mod.apply() for mod in iter_patches()}
+
+
+def apply_patch(spec: PatchSpec, install: Callable[[], PatchResult]) -> PatchResult:
+    """Run `install` once per process. Patches that rebind at once check
+    `retired(spec)` first; post-import hooks check it when they fire."""
+    with _lock:
+        if spec.name in _results:
+            return PatchResult.ALREADY
+        result = install()
+        return _results.setdefault(spec.name, result)
+
+
+def retired(spec: PatchSpec) -> bool:
+    """True (and the patch marked retired, with one log line) if its probe
+    says vLLM does not need it any more."""
+    if spec.probe is None or not spec.probe():
+        return False
+    with _lock:
+        if _results.get(spec.name) != PatchResult.RETIRED:
+            logger.info("medha: patch %s retired (%s)", spec.name, spec.remove_when)
+        _results[spec.name] = PatchResult.RETIRED
+    return True
+
+
+def result_of(name: str) -> PatchResult | None:
+    return _results.get(name)
+
+
+def bind(owner: object, attr: str, value: object, target: str) -> None:
+    """setattr(owner, attr, value), remembering `value` as target's replacement."""
+    setattr(owner, attr, value)
+    _replacements[target] = value
+
+
+def replacement(target: str) -> object | None:
+    return _replacements.get(target)
+
+
+def resolve(dotted: str) -> object:
+    """The object at a dotted path (module, then attributes)."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for p in parts[i:]:
+            obj = getattr(obj, p)
+        return obj
+    raise ImportError(dotted)
 
 
 # ---------------------------------------------------------------- post-import hooks

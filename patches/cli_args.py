@@ -30,20 +30,39 @@ import sys
 from vllm.logger import init_logger
 
 from medha_vllm.config import MedhaConfig, MedhaConfigError
-from medha_vllm.patches import PatchSpec
+from medha_vllm.patches import PatchResult, PatchSpec, apply_patch, bind, retired
 
 # NOTE(medha): under the "vllm." namespace so vLLM's logging config shows it.
 logger = init_logger(f"vllm.{__name__}")
 
+
+def vllm_has_scheduler_field(engine_args_cls=None) -> bool:
+    """Probe: vLLM's own EngineArgs has a `scheduler` field (a registered
+    scheduler name), so the flag needs no patch."""
+    if engine_args_cls is None:
+        from vllm.engine.arg_utils import EngineArgs as engine_args_cls
+    return any(f.name == "scheduler" for f in dataclasses.fields(engine_args_cls))
+
+
 SPEC = PatchSpec(
-    target="vllm.engine.arg_utils.EngineArgs.add_cli_args/from_cli_args",
+    name="cli_args",
+    targets=("vllm.engine.arg_utils.EngineArgs.add_cli_args",
+             "vllm.engine.arg_utils.EngineArgs.from_cli_args"),
+    import_sites=(),
     processes=("api",),
     verified=("0.32.0",),
     summary="adds --scheduler medha and --medha-* flags",
+    upstream="RFC vllm-project/vllm#51608 (extensible scheduler plugin framework)",
+    remove_when="vLLM's EngineArgs has its own `scheduler` field",
+    probe=vllm_has_scheduler_field,
+    without_medha="adds the Medha argument group to --help; parsing without --scheduler "
+                  "medha or --medha-* flags is vLLM's own",
 )
 
-_applied = False
 _ORIG: dict[str, object] = {}
+# Set by medha_vllm.register() when the installed vLLM is not supported: the
+# flags still parse, and asking for Medha exits with this message.
+UNSUPPORTED: str | None = None
 
 
 def _flag(name: str) -> str:
@@ -105,6 +124,8 @@ def from_cli_args(cls, args: argparse.Namespace):
     if scheduler == "medha" or medha_opts:
         from medha_vllm import SCHEDULER_CLS
 
+        if UNSUPPORTED:
+            _fail(UNSUPPORTED)
         if scheduler != "medha":
             _fail("--medha-* options need --scheduler medha")
         current = getattr(args, "scheduler_cls", None)
@@ -130,19 +151,17 @@ def _fail(msg: str):
     raise SystemExit(2)
 
 
-def apply() -> bool:
-    global _applied
-    if _applied:
-        return False
+def _install() -> PatchResult:
+    if retired(SPEC):
+        return PatchResult.RETIRED
     from vllm.engine.arg_utils import EngineArgs
 
-    if any(f.name == "scheduler" for f in dataclasses.fields(EngineArgs)):
-        logger.info("medha: vLLM has its own --scheduler; patch cli_args retired")
-        _applied = True
-        return False
     _ORIG["add_cli_args"] = EngineArgs.__dict__["add_cli_args"].__func__
     _ORIG["from_cli_args"] = EngineArgs.__dict__["from_cli_args"]
-    EngineArgs.add_cli_args = staticmethod(add_cli_args)
-    EngineArgs.from_cli_args = classmethod(from_cli_args)
-    _applied = True
-    return True
+    bind(EngineArgs, "add_cli_args", staticmethod(add_cli_args), SPEC.targets[0])
+    bind(EngineArgs, "from_cli_args", classmethod(from_cli_args), SPEC.targets[1])
+    return PatchResult.APPLIED
+
+
+def apply() -> PatchResult:
+    return apply_patch(SPEC, _install)

@@ -29,18 +29,33 @@ import inspect
 
 from vllm.logger import init_logger
 
-from medha_vllm.patches import PatchSpec
+from medha_vllm.patches import PatchResult, PatchSpec, apply_patch, bind, retired
 
 logger = init_logger(f"vllm.{__name__}")
 
+
+def runner_allocates_buffers(runner_cls=None) -> bool:
+    """Probe: CPUModelRunner's own code allocates the PP receive buffers."""
+    if runner_cls is None:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner as runner_cls
+    return "make_empty_intermediate_tensors" in inspect.getsource(runner_cls)
+
+
 SPEC = PatchSpec(
-    target="vllm.v1.worker.cpu_model_runner.CPUModelRunner.sync_and_gather_intermediate_tensors",
+    name="cpu_pp",
+    targets=("vllm.v1.worker.cpu_model_runner.CPUModelRunner."
+             "sync_and_gather_intermediate_tensors",),
+    import_sites=(),
     processes=("worker",),
     verified=("0.32.0",),
     summary="allocates the PP receive buffer on CPU stages > 0 when warm-up did not",
+    upstream="not reported yet (found by this project; ../shared/design/vllm-on-cpu.md)",
+    remove_when="CPUModelRunner allocates `intermediate_tensors` itself",
+    probe=runner_allocates_buffers,
+    without_medha="acts on every CPU run with -pp > 1 and --enforce-eager (plain vLLM "
+                  "crashes there without it); a pass-through once the buffer exists",
 )
 
-_applied = False
 _ORIG: dict[str, object] = {}
 
 
@@ -66,22 +81,22 @@ def _wrap(orig):
 
 
 def _patch(mod) -> None:
-    CPUModelRunner = mod.CPUModelRunner
-    if "make_empty_intermediate_tensors" in inspect.getsource(CPUModelRunner):
-        logger.info("medha: CPUModelRunner allocates its PP buffers; patch cpu_pp retired")
+    """Post-import hook of vllm.v1.worker.cpu_model_runner."""
+    if retired(SPEC):
         return
+    CPUModelRunner = mod.CPUModelRunner
     orig = CPUModelRunner.sync_and_gather_intermediate_tensors
     _ORIG["sync_and_gather_intermediate_tensors"] = orig
-    CPUModelRunner.sync_and_gather_intermediate_tensors = _wrap(orig)
+    bind(CPUModelRunner, "sync_and_gather_intermediate_tensors", _wrap(orig), SPEC.targets[0])
 
 
-def apply() -> bool:
+def _install() -> PatchResult:
     """The hook runs when the CPU model runner is imported (CPU workers only)."""
-    global _applied
-    if _applied:
-        return False
-    _applied = True
     from medha_vllm.patches import when_imported
 
     when_imported("vllm.v1.worker.cpu_model_runner", _patch)
-    return True
+    return PatchResult.APPLIED
+
+
+def apply() -> PatchResult:
+    return apply_patch(SPEC, _install)

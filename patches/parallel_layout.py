@@ -32,18 +32,25 @@ import os
 
 from vllm.logger import init_logger
 
-from medha_vllm.patches import PatchSpec
+from medha_vllm.patches import PatchResult, PatchSpec, apply_patch, bind
 
 logger = init_logger(f"vllm.{__name__}")
 
 SPEC = PatchSpec(
-    target="vllm.engine.arg_utils.EngineArgs.create_engine_config",
+    name="parallel_layout",
+    targets=("vllm.engine.arg_utils.EngineArgs.create_engine_config",),
+    import_sites=(),
     processes=("api",),
     verified=("0.32.0",),
     summary="clear start-up errors for impossible pipeline layouts; CPU worker binding",
+    upstream="none filed",
+    remove_when="vLLM validates pp against the layer count in its config checks and binds "
+                "several CPU workers per NUMA node by itself",
+    probe=None,
+    without_medha="acts on every vLLM run: an impossible -pp layout fails at once with a "
+                  "message naming the setting, and -pp on CPU gets a core binding",
 )
 
-_applied = False
 _ORIG: dict[str, object] = {}
 
 
@@ -75,13 +82,14 @@ def _wrap(orig):
     return create_engine_config
 
 
-def apply() -> bool:
-    global _applied
-    if _applied:
-        return False
-    _applied = True
+def _install() -> PatchResult:
     from vllm.engine.arg_utils import EngineArgs
 
     _ORIG["create_engine_config"] = EngineArgs.create_engine_config
-    EngineArgs.create_engine_config = _wrap(EngineArgs.create_engine_config)
-    return True
+    bind(EngineArgs, "create_engine_config", _wrap(EngineArgs.create_engine_config),
+         SPEC.targets[0])
+    return PatchResult.APPLIED
+
+
+def apply() -> PatchResult:
+    return apply_patch(SPEC, _install)

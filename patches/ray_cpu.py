@@ -100,23 +100,39 @@ import os
 
 from vllm.logger import init_logger
 
-from medha_vllm.patches import PatchSpec
+from medha_vllm.patches import PatchResult, PatchSpec, apply_patch, bind, retired
 
 logger = init_logger(f"vllm.{__name__}")
 
+def platform_declares_ray_key(platform_cls=None) -> bool:
+    """Probe: vLLM's CpuPlatform declares a Ray device key itself."""
+    if platform_cls is None:
+        from vllm.platforms.cpu import CpuPlatform as platform_cls
+    return bool(platform_cls.ray_device_key)
+
+
 SPEC = PatchSpec(
-    target="vllm.platforms.cpu.CpuPlatform.ray_device_key, "
-    "vllm.v1.executor.ray_executor_v2.RayExecutorV2._get_actor_resource_kwargs, "
-    "vllm.v1.executor.ray_executor_v2.RayWorkerProc, "
-    "vllm.v1.executor.ray_executor.RayDistributedExecutor._init_executor",
+    name="ray_cpu",
+    targets=("vllm.platforms.cpu.CpuPlatform.ray_device_key",
+             "vllm.v1.executor.ray_executor_v2.RayExecutorV2._get_actor_resource_kwargs",
+             "vllm.v1.executor.ray_executor_v2.RayWorkerProc",
+             "vllm.v1.executor.ray_executor.RayDistributedExecutor._init_executor"),
+    # RayWorkerProc is a module global that RayExecutorV2._init_executor reads
+    # at call time; no other vLLM module imports it by value (test_patches.py
+    # scans the loaded modules for copies of the original).
+    import_sites=("vllm.v1.executor.ray_executor_v2.RayWorkerProc",),
     processes=("engine", "worker"),
     verified=("0.32.0",),
     summary="lets vLLM's Ray executor (RayExecutorV2) run CPU workers, pp included",
+    upstream="not reported yet (found by this project)",
+    remove_when="CpuPlatform declares a Ray device key itself",
+    probe=platform_declares_ray_key,
+    without_medha="acts on every CPU run with --distributed-executor-backend ray (plain "
+                  "vLLM refuses Ray on CPU without it); nothing on other platforms",
 )
 
 RAY_DEVICE_KEY = "CPU"
 
-_applied = False
 _ORIG: dict[str, object] = {}
 _WORKER_CLS: type | None = None
 
@@ -262,9 +278,9 @@ def _patch_executor_v2(ray_executor_v2) -> None:
     _ORIG["_get_actor_resource_kwargs"] = \
         ray_executor_v2.RayExecutorV2.__dict__["_get_actor_resource_kwargs"]
     worker_cls = _build_worker_cls(ray_executor_v2)
-    ray_executor_v2.RayExecutorV2._get_actor_resource_kwargs = _wrap_resource_kwargs(
-        _ORIG["_get_actor_resource_kwargs"].__func__)
-    ray_executor_v2.RayWorkerProc = worker_cls
+    bind(ray_executor_v2.RayExecutorV2, "_get_actor_resource_kwargs",
+         _wrap_resource_kwargs(_ORIG["_get_actor_resource_kwargs"].__func__), SPEC.targets[1])
+    bind(ray_executor_v2, "RayWorkerProc", worker_cls, SPEC.targets[2])
 
 
 def _patch_legacy_executor(ray_executor) -> None:
@@ -285,36 +301,34 @@ def _patch_legacy_executor(ray_executor) -> None:
         return orig(self)
 
     _init_executor.__medha_patched__ = True
-    cls._init_executor = _init_executor
+    bind(cls, "_init_executor", _init_executor, SPEC.targets[3])
 
 
-def apply() -> bool:
+def _install() -> PatchResult:
     """Declares the Ray device key now; the executor hooks run when vLLM's Ray
     executor modules are imported (they import ray, which most processes never
     need)."""
-    global _applied
-    if _applied:
-        return False
-    _applied = True
     if not ray_installed():
         logger.debug("medha: ray is not installed; patch ray_cpu not applied")
-        return False
+        return PatchResult.NOT_NEEDED
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         logger.debug("medha: platform %s is not CPU; patch ray_cpu not needed",
                      current_platform.device_name)
-        return False
+        return PatchResult.NOT_NEEDED
+    if retired(SPEC):
+        return PatchResult.RETIRED
     from vllm.platforms.cpu import CpuPlatform
 
-    if CpuPlatform.ray_device_key:
-        logger.info("medha: CpuPlatform declares Ray device key %r; patch ray_cpu retired",
-                    CpuPlatform.ray_device_key)
-        return False
     _ORIG["ray_device_key"] = CpuPlatform.ray_device_key
-    CpuPlatform.ray_device_key = RAY_DEVICE_KEY
+    bind(CpuPlatform, "ray_device_key", RAY_DEVICE_KEY, SPEC.targets[0])
     from medha_vllm.patches import when_imported
 
     when_imported("vllm.v1.executor.ray_executor_v2", _patch_executor_v2)
     when_imported("vllm.v1.executor.ray_executor", _patch_legacy_executor)
-    return True
+    return PatchResult.APPLIED
+
+
+def apply() -> PatchResult:
+    return apply_patch(SPEC, _install)

@@ -30,18 +30,26 @@ import functools
 
 from vllm.logger import init_logger
 
-from medha_vllm.patches import PatchSpec
+from medha_vllm.patches import PatchResult, PatchSpec, apply_patch, bind
 
 logger = init_logger(f"vllm.{__name__}")
 
 SPEC = PatchSpec(
-    target="vllm.v1.worker.gpu_worker.Worker.execute_model/sample_tokens",
+    name="stage_timeline",
+    targets=("vllm.v1.worker.gpu_worker.Worker.execute_model",
+             "vllm.v1.worker.gpu_worker.Worker.sample_tokens",
+             "vllm.v1.worker.gpu_model_runner.GPUModelRunner.sync_and_gather_intermediate_tensors"),
+    import_sites=(),
     processes=("worker",),
     verified=("0.32.0",),
     summary="opt-in Chrome-trace timeline of each pipeline stage's forward passes",
+    upstream="none planned; vLLM's torch-profiler integration is the nearest feature",
+    remove_when="vLLM exports per-stage step timings with request ids",
+    probe=None,
+    without_medha="records a timeline whenever additional_config['medha']['timeline_path'] "
+                  "is set, with vLLM's own scheduler too; otherwise a pass-through",
 )
 
-_applied = False
 _ORIG: dict[str, object] = {}
 _UNSET = object()
 
@@ -120,25 +128,26 @@ def _patch_worker(mod) -> None:
     Worker = mod.Worker
     _ORIG["execute_model"] = Worker.execute_model
     _ORIG["sample_tokens"] = Worker.sample_tokens
-    Worker.execute_model = _wrap_execute(Worker.execute_model)
-    Worker.sample_tokens = _wrap_then(Worker.sample_tokens, "end")
+    bind(Worker, "execute_model", _wrap_execute(Worker.execute_model), SPEC.targets[0])
+    bind(Worker, "sample_tokens", _wrap_then(Worker.sample_tokens, "end"), SPEC.targets[1])
 
 
 def _patch_runner(mod) -> None:
     Runner = mod.GPUModelRunner
     _ORIG["sync"] = Runner.sync_and_gather_intermediate_tensors
-    Runner.sync_and_gather_intermediate_tensors = _wrap_then(
-        Runner.sync_and_gather_intermediate_tensors, "inputs_ready")
+    bind(Runner, "sync_and_gather_intermediate_tensors",
+         _wrap_then(Runner.sync_and_gather_intermediate_tensors, "inputs_ready"),
+         SPEC.targets[2])
 
 
-def apply() -> bool:
+def _install() -> PatchResult:
     """Hooks run when the worker modules are imported (worker processes only)."""
-    global _applied
-    if _applied:
-        return False
-    _applied = True
     from medha_vllm.patches import when_imported
 
     when_imported("vllm.v1.worker.gpu_model_runner", _patch_runner)
     when_imported("vllm.v1.worker.gpu_worker", _patch_worker)
-    return True
+    return PatchResult.APPLIED
+
+
+def apply() -> PatchResult:
+    return apply_patch(SPEC, _install)

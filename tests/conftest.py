@@ -16,14 +16,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
-    from medha_vllm.models import build_smollm2
+    from benchmarks.harness.models import build_smollm2
 
     return str(build_smollm2())
 
 
 @pytest.fixture(scope="session")
 def synthetic_path() -> str:
-    from medha_vllm.models import build_synthetic
+    from benchmarks.harness.models import build_synthetic
 
     return str(build_synthetic())
 

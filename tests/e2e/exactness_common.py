@@ -19,3 +19,17 @@ def assert_same(plain: list[dict], other: list[dict]) -> None:
         assert a["tokens"] == b["tokens"], f"request {i}: tokens differ"
         for x, y in zip(a["logprobs"], b["logprobs"]):
             assert abs(x - y) <= LOGPROB_ATOL, f"request {i}: logprob {x} vs {y}"
+
+
+def scheduler_facts(llm) -> dict:
+    """Which scheduler the engine of `llm` (an in-process `LLM`, i.e. with
+    VLLM_ENABLE_V1_MULTIPROCESSING=0) really runs, and Medha's own counters:
+    proof that the Medha path ran, not only that it was asked for."""
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+    cls = type(sched)
+    facts = {"scheduler_cls": f"{cls.__module__}.{cls.__qualname__}"}
+    metrics = getattr(sched, "metrics", None)
+    if metrics is not None:
+        facts["medha_chunks"] = sum(metrics.snap.chunk_size.counts)
+        facts["medha_pauses"] = metrics.snap.preemptions["pause"]
+    return facts

@@ -1,18 +1,23 @@
 """Run by test_exactness.py in a subprocess: the same greedy requests through
 the Python API (`LLM(..., scheduler_cls=...)`) with vLLM's scheduler and with
-Medha (chunks forced small), float32; prints token ids and logprobs as JSON."""
+Medha (chunks forced small), float32; prints token ids and logprobs as JSON,
+with the scheduler class the engine really ran and Medha's counters (the
+engine core runs in this process: VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
 
 import json
+import os
 import sys
 
 if __name__ == "__main__":
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from exactness_common import scheduler_facts
     from vllm import LLM, SamplingParams
 
     from medha_vllm import SCHEDULER_CLS
 
     model, which = sys.argv[1], sys.argv[2]
     kwargs = dict(model=model, dtype="float32", max_model_len=16384, seed=0,
-                  enable_prefix_caching=False)
+                  enable_prefix_caching=False, enforce_eager=True)
     if which == "medha":
         kwargs.update(scheduler_cls=SCHEDULER_CLS, additional_config={"medha": {
             "min_chunk_size": 64, "max_chunk_size": 64, "profile": False}})
@@ -25,4 +30,4 @@ if __name__ == "__main__":
     result = [{"tokens": list(o.outputs[0].token_ids),
                "logprobs": [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]}
               for o in outs]
-    print("RESULT " + json.dumps(result), flush=True)
+    print("RESULT " + json.dumps({"outputs": result, "engine": scheduler_facts(llm)}), flush=True)

@@ -1,10 +1,11 @@
 """Run by test_ray.py in a subprocess: the same greedy requests through the
-Python API (`LLM(...)`, Medha's scheduler, float32) either on one worker
-("single", no Ray) or with pipeline parallelism 2 on Ray ("ray": two CPU workers
-as Ray actors, on a one-node Ray cluster this script starts on loopback, or on
-the cluster at RAY_ADDRESS if set). Prints token ids and logprobs as JSON; in
-"ray" mode also what each worker reports about itself (that it is a Ray actor,
-with the medha patches in effect, and its cores).
+Python API (`LLM(...)`, float32) either with plain vLLM on one worker ("single",
+vLLM's own scheduler, no Ray) or with Medha's scheduler and pipeline parallelism
+2 on Ray ("ray": two CPU workers as Ray actors, on a one-node Ray cluster this
+script starts on loopback, or on the cluster at RAY_ADDRESS if set). Prints
+token ids and logprobs as JSON, the scheduler the engine ran (the engine core
+runs in this process) and, in "ray" mode, what each worker reports about itself
+(that it is a Ray actor, with the medha patches in effect, and its cores).
 
 Manual run against `ray start --head --node-ip-address 127.0.0.1 --port 6391
 --num-cpus 2` (Ray 2.60 clusters use token auth: clients need RAY_AUTH_MODE=token):
@@ -47,12 +48,15 @@ def worker_facts(worker) -> dict:
 if __name__ == "__main__":
     model, mode = sys.argv[1], sys.argv[2]
     t0 = time.time()
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from exactness_common import scheduler_facts
+
     kwargs = dict(model=model, dtype="float32", max_model_len=4096, seed=0,
                   enforce_eager=True, enable_prefix_caching=False,
-                  max_num_batched_tokens=256, max_num_seqs=8,
-                  scheduler_cls="medha_vllm.scheduler.MedhaScheduler",
-                  additional_config={"medha": {"profile": False}})
+                  max_num_batched_tokens=256, max_num_seqs=8)
     if mode == "ray":
+        kwargs.update(scheduler_cls="medha_vllm.scheduler.MedhaScheduler",
+                      additional_config={"medha": {"profile": False}})
         import ray
 
         if os.environ.get("RAY_ADDRESS"):
@@ -87,6 +91,7 @@ if __name__ == "__main__":
               for o in outs]
     facts = llm.collective_rpc(worker_facts) if mode == "ray" else []
     print("RESULT " + json.dumps({"outputs": result, "workers": facts,
+                                  "engine": scheduler_facts(llm),
                                   "startup_s": t_ready - t0,
                                   "generate_s": time.time() - t_ready}), flush=True)
     del llm

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from medha_vllm.launch import vllm_executable
+from benchmarks.harness.launch import vllm_executable
 
 pytestmark = pytest.mark.e2e
 

@@ -3,9 +3,10 @@
 Unit tests: what the patch changes in vLLM's Ray executor on the CPU platform.
 End to end: `LLM(..., pipeline_parallel_size=2, distributed_executor_backend="ray")`
 on a one-node Ray cluster started on loopback, Medha's scheduler, float32, greedy,
-one prompt long enough to be prefilled in chunks. Token ids must equal those of the
-same prompts on a single worker without Ray, log-probabilities must agree to 1e-4,
-and each worker must report that it is a Ray actor with the medha patches in effect.
+one prompt long enough to be prefilled in chunks. Token ids must equal those of
+plain vLLM (its own scheduler, a single worker, no Ray), log-probabilities must
+agree to 1e-4, the Ray engine must report that it ran MedhaScheduler and chunked,
+and each worker that it is a Ray actor with the medha patches in effect.
 
 Skipped only when ray is not installed (`make test` installs it); with ray
 installed, any failure fails.
@@ -243,6 +244,10 @@ def test_ray_pipeline_parallel_2_matches_single_worker(synthetic_path, tmp_path)
         assert w["ray_device_key"] == "CPU" and w["cpu_pp_patched"], w
         assert w["affinity"] == [core], w
 
+    assert single["engine"] == {"scheduler_cls": "vllm.v1.core.sched.scheduler.Scheduler"}
+    assert ray_run["engine"]["scheduler_cls"] == "medha_vllm.scheduler.MedhaScheduler"
+    # 2,337 prompt tokens, at most 256 scheduled per step.
+    assert ray_run["engine"]["medha_chunks"] >= 2337 // 256, ray_run["engine"]
     ref, got = single["outputs"], ray_run["outputs"]
     assert len(ref) == len(got) == 3
     for i, (x, y) in enumerate(zip(ref, got)):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from openai import BadRequestError, OpenAI
 
-from medha_vllm.launch import VllmServer, vllm_executable
+from benchmarks.harness.launch import VllmServer, vllm_executable
 
 pytestmark = pytest.mark.e2e
 MODEL = "smollm2"
@@ -76,7 +76,8 @@ def test_metrics_has_medha_and_vllm_series(server, client):
     for name in ("medha:chunk_size_tokens_count", "medha:relative_slack_bucket",
                  "medha:iteration_time_seconds_count", "medha:preemptions_total",
                  "medha:deadline_misses_total", "medha:predictor_error_ratio",
-                 "medha:target_batch_time_seconds", "vllm:time_to_first_token_seconds_count"):
+                 "medha:target_batch_time_seconds", "medha:aborted_requests_total",
+                 "vllm:time_to_first_token_seconds_count"):
         assert name in text, name
     assert gauge(text, "medha:chunk_size_tokens_count") >= 1
     assert gauge(text, "medha:target_batch_time_seconds") == pytest.approx(0.15)
@@ -90,18 +91,27 @@ def test_prompt_too_long_is_rejected_and_server_keeps_serving(client):
     assert r.usage.completion_tokens == 3
 
 
+def abort_count(text: str) -> float:
+    """Aborts the engine's scheduler processed (vLLM counts none for client aborts)."""
+    return gauge(text, "medha:aborted_requests_total")
+
+
 def test_disconnect_mid_prefill_frees_kv_blocks(server):
     # ~3,500 prompt tokens: several seconds of chunked prefill on 2 cores.
     body = {"model": MODEL, "prompt": " ".join(f"w{i}" for i in range(900)), "max_tokens": 50,
             "stream": True}
+    before = metrics(server)
+    aborts0 = abort_count(before)
+    outcome: dict = {}
 
     def stream():
         try:
-            with httpx.stream("POST", server.base_url + "/v1/completions", json=body, timeout=2.0) as r:
-                for _ in r.iter_lines():
-                    pass
-        except httpx.HTTPError:
-            pass  # the client gives up (read timeout) during prefill
+            with httpx.stream("POST", server.base_url + "/v1/completions", json=body,
+                              timeout=httpx.Timeout(10.0, read=2.0)) as r:
+                for line in r.iter_lines():
+                    outcome.setdefault("lines", []).append(line)
+        except httpx.ReadTimeout as e:
+            outcome["error"] = e  # the client gives up during prefill and closes
 
     t = threading.Thread(target=stream)
     t.start()
@@ -113,12 +123,19 @@ def test_disconnect_mid_prefill_frees_kv_blocks(server):
         time.sleep(0.2)
     t.join()
     assert seen_kv, "the long request never held KV blocks"
+    assert isinstance(outcome.get("error"), httpx.ReadTimeout), outcome
+    assert not any(l.startswith("data:") for l in outcome.get("lines", [])), \
+        "a token arrived before the client disconnected: not a mid-prefill disconnect"
+    # The abort reached the engine (vLLM counts the request as finished by
+    # abort), and every block came back.
     deadline = time.time() + 30
     while time.time() < deadline:
         text = metrics(server)
-        if gauge(text, "vllm:num_requests_running") == 0 and gauge(text, "vllm:kv_cache_usage_perc") == 0:
+        if abort_count(text) > aborts0 and gauge(text, "vllm:num_requests_running") == 0 \
+                and gauge(text, "vllm:kv_cache_usage_perc") == 0:
             break
         time.sleep(0.5)
+    assert abort_count(text) == aborts0 + 1
     assert gauge(text, "vllm:num_requests_running") == 0
     assert gauge(text, "vllm:kv_cache_usage_perc") == 0
 

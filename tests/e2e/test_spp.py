@@ -23,7 +23,7 @@ from openai import AsyncOpenAI
 
 from exactness_common import assert_same, words
 
-from medha_vllm.launch import VllmServer, vllm_executable
+from benchmarks.harness.launch import VllmServer, vllm_executable
 from medha_vllm.timeline import (load_spans, overlapping_chunks, prefill_tokens_by_request,
                                  prefill_window, stage_utilisation)
 

@@ -12,6 +12,18 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+def _unwrap(obj):
+    return getattr(obj, "__func__", obj)
+
+
+def _import_targets(mod):
+    """Import every target's module, so that post-import hooks fire."""
+    from medha_vllm.patches import resolve
+
+    for target in mod.SPEC.targets:
+        resolve(target.rsplit(".", 1)[0])
+
+
 def test_every_patch_file_is_registered_and_documented():
     from medha_vllm import patches
 
@@ -19,11 +31,139 @@ def test_every_patch_file_is_registered_and_documented():
     assert files == set(patches.PATCH_MODULES)
     for mod in patches.iter_patches():
         doc = mod.__doc__ or ""
-        for word in ("Target:", "Process:", "Verified:", "Why:", "How:", "Remove when"):
+        for word in ("Target:", "Process:", "Verified:", "Why:", "How:", "Upstream:", "Remove when"):
             assert word in doc, f"{mod.__name__} header lacks {word}"
-        assert isinstance(mod.SPEC, patches.PatchSpec)
+        spec = mod.SPEC
+        assert isinstance(spec, patches.PatchSpec) and spec.name == mod.__name__.rsplit(".", 1)[1]
+        assert spec.targets and spec.upstream and spec.remove_when and spec.without_medha
+        assert set(spec.import_sites) <= set(spec.targets)
+
+
+def test_each_patch_applies_on_its_real_target_once():
+    """apply() rebinds the real vLLM target to the patch's replacement, and
+    a second apply() changes nothing (the target is not wrapped twice)."""
+    from medha_vllm.patches import PatchResult, replacement, resolve, result_of
+
+    from medha_vllm import patches
+
+    for mod in patches.iter_patches():
+        first = mod.apply()
+        assert first in (PatchResult.APPLIED, PatchResult.ALREADY), (mod.SPEC.name, first)
+        _import_targets(mod)
+        assert result_of(mod.SPEC.name) == PatchResult.APPLIED, mod.SPEC.name
+        bound = {t: resolve(t) for t in mod.SPEC.targets}
+        for t, obj in bound.items():
+            new = replacement(t)
+            assert new is not None, f"{t} was never rebound"
+            if isinstance(new, str):
+                assert obj == new, t
+            else:
+                assert _unwrap(obj) is _unwrap(new), f"{t} is not the patch's replacement"
+        assert mod.apply() == PatchResult.ALREADY
+        assert {t: _unwrap(resolve(t)) for t in bound} == {t: _unwrap(o) for t, o in bound.items()}
+
+
+def test_import_sites_hold_no_copy_of_the_original():
+    """A target bound by value elsewhere (`from m import X`) would keep the
+    original there: scan every loaded vLLM module for such copies."""
+    import sys
+
+    from medha_vllm.patches import iter_patches
+
+    for mod in iter_patches():
         mod.apply()
-        assert mod.apply() is False  # idempotent
+        _import_targets(mod)
+        for site in mod.SPEC.import_sites:
+            name = site.rsplit(".", 1)[1]
+            original = mod._ORIG[name]
+            holders = [m for m, module in list(sys.modules.items())
+                       if m.startswith("vllm") and getattr(module, name, None) is original]
+            assert not holders, f"{site}: the original is still bound in {holders}"
+
+
+PROBE_CASES = {
+    # name: (probe, a target as vLLM 0.32 has it, a target as the fix would look)
+    "cli_args": ("vllm_has_scheduler_field", "vllm.engine.arg_utils.EngineArgs", "fixed_engine_args"),
+    "cpu_pp": ("runner_allocates_buffers", "vllm.v1.worker.cpu_model_runner.CPUModelRunner",
+               "fixed_runner"),
+    "ray_cpu": ("platform_declares_ray_key", None, "fixed_platform"),
+}
+
+
+def fixed_engine_args():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class EngineArgs:
+        scheduler: str = "vllm"
+
+    return EngineArgs
+
+
+def fixed_runner():
+    return type("CPUModelRunner", (), {"__doc__": "calls make_empty_intermediate_tensors"})
+
+
+def fixed_platform():
+    return type("CpuPlatform", (), {"ray_device_key": "CPU"})
+
+
+@pytest.mark.parametrize("name", sorted(PROBE_CASES))
+def test_each_retirement_probe_sees_the_fix(name, monkeypatch):
+    from medha_vllm.patches import resolve
+
+    mod = importlib.import_module(f"medha_vllm.patches.{name}")
+    probe_name, live, fixed = PROBE_CASES[name]
+    probe = getattr(mod, probe_name)
+    assert mod.SPEC.probe is probe
+    fake = globals()[fixed]()
+    if name == "cpu_pp":
+        import inspect as _inspect
+
+        monkeypatch.setattr(_inspect, "getsource", lambda obj: obj.__doc__ or "")
+    assert probe(fake) is True
+    if live is not None:
+        monkeypatch.undo()
+        assert probe(resolve(live)) is False
+    else:  # ray_cpu: vLLM 0.32's own key, before the patch set it
+        assert probe(type("CpuPlatform", (), {"ray_device_key": mod._ORIG.get("ray_device_key", "")})) is False
+
+
+def test_a_retired_patch_rebinds_nothing(tmp_path):
+    """With its probe true, each patch (fresh process) reports RETIRED and
+    leaves every target as vLLM defines it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "retire.py"
+    script.write_text("""
+import dataclasses, importlib, sys
+from medha_vllm import patches
+from medha_vllm.patches import PatchResult, resolve
+for name in sys.argv[1:]:
+    mod = importlib.import_module(f"medha_vllm.patches.{name}")
+    if mod.SPEC.probe is None:
+        continue
+    mod.SPEC = dataclasses.replace(mod.SPEC, probe=lambda: True)
+    targets = [t for t in mod.SPEC.targets if "ray_executor" not in t]
+    before = {t: getattr(resolve(t), "__func__", resolve(t)) for t in targets}
+    result = mod.apply()
+    for t in targets:
+        resolve(t.rsplit(".", 1)[0])
+    after = {t: getattr(resolve(t), "__func__", resolve(t)) for t in targets}
+    status = patches.result_of(mod.SPEC.name)
+    print(name, result.value, status.value, before == after)
+""")
+    out = subprocess.run([sys.executable, str(script), *PROBE_CASES], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(l.split(" ", 1) for l in out.stdout.strip().splitlines())
+    for name in PROBE_CASES:
+        result, status, unchanged = lines[name].split()
+        # Hook patches say "applied" (the hook is installed), then retire when
+        # their module is imported; either way nothing is rebound.
+        assert status == "retired" and unchanged == "True", (name, lines[name])
+        assert result in ("retired", "applied"), (name, result)
 
 
 def test_cli_args_patch_target_signature():
@@ -104,7 +244,6 @@ def test_version_check():
     for bad in ("0.31.9", "0.33.0", "1.0.0"):
         with pytest.raises(UnsupportedVLLMVersion, match="supports vLLM"):
             check_vllm_version(bad)
-    importlib.import_module("medha_vllm").register()
 
 
 def test_when_imported_runs_after_first_import_or_at_once(tmp_path, monkeypatch):

@@ -12,12 +12,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
-from medha_vllm.hol import HolConfig, print_table, run_hol
-from medha_vllm.launch import VllmServer
-from medha_vllm.models import build_smollm2, build_synthetic
-from medha_vllm.workload import default_trace_path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmark harness
+
+from benchmarks.harness.hol import HolConfig, print_table, run_hol
+from benchmarks.harness.launch import VllmServer
+from benchmarks.harness.models import build_smollm2, build_synthetic
+from benchmarks.harness.workload import default_trace_path
 
 
 def chat(model_path: str) -> None:
@@ -57,7 +61,7 @@ def main(argv=None) -> None:
           "plain vLLM vs Medha", flush=True)
     cfg = HolConfig(model=synth, trace=str(default_trace_path()), long_tokens=a.long_tokens,
                     num_short=a.num_short, window_s=a.window_s, servers=("plain", "medha"),
-                    log_dir=__import__("pathlib").Path("/tmp/medha-demo-logs"))
+                    log_dir=Path("/tmp/medha-demo-logs"))
     out = run_hol(cfg)
     print_table(out)
     w = out["workload"]

@@ -1,7 +1,7 @@
 """Seeded long/short workloads from the real request trace.
 
 Short requests take their arrival times and lengths from
-`shared/traces/azure_llm_conv_2023.csv` (time-scaled, lengths capped); a few
+`benchmarks/traces/azure_llm_conv_2023.csv` (time-scaled, lengths capped); a few
 long requests are mixed in. Prompts are random token ids with a per-run nonce
 so that no two runs (or servers) share a prefix-cache hit.
 Pure Python: no vllm import.
@@ -47,16 +47,13 @@ class WorkloadSpec:
         return d
 
 
+TRACE = Path(__file__).resolve().parents[1] / "traces" / "azure_llm_conv_2023.csv"
+
+
 def default_trace_path() -> Path:
+    """The trace the project ships (benchmarks/traces), or $MEDHA_TRACE."""
     env = os.environ.get("MEDHA_TRACE")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for base in [here.parents[1], *here.parents[1].parents]:
-        cand = base / "shared" / "traces" / "azure_llm_conv_2023.csv"
-        if cand.exists():
-            return cand
-    raise FileNotFoundError("azure_llm_conv_2023.csv not found: set MEDHA_TRACE=<path>")
+    return Path(env) if env else TRACE
 
 
 def read_trace(path: str | Path) -> list[tuple[float, int, int]]:

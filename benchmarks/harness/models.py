@@ -7,7 +7,7 @@
   KV heads, 128K context) with SmolLM2's tokenizer, for long-context latency
   work; its text is noise.
 
-`python -m medha_vllm.models` builds both (cached; a marker file makes re-runs
+`python -m benchmarks.harness.models` builds both (cached; a marker file makes re-runs
 instant) and prints their folders.
 """
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from medha_vllm.workload import WorkItem
+from benchmarks.harness.workload import WorkItem
 
 
 @dataclass
@@ -64,7 +64,12 @@ async def _one(client: httpx.AsyncClient, url: str, model: str, item: WorkItem, 
 
 
 async def replay(base_url: str, model: str, items: list[WorkItem], extra: dict | None = None,
-                 timeout_s: float = 1800.0, progress: bool = True, label: str = "") -> list[RequestResult]:
+                 timeout_s: float = 1800.0, progress: bool = True, label: str = "",
+                 stop_after_s: float | None = None) -> list[RequestResult]:
+    """Send `items` at their arrival offsets and stream every answer. With
+    `stop_after_s`, requests still open that long after the start are
+    cancelled (the client disconnects; the server aborts them) and marked
+    with an error, so an overloaded run ends in bounded time."""
     url = base_url + "/v1/completions"
     limits = httpx.Limits(max_connections=len(items) + 4, max_keepalive_connections=8)
     results = [RequestResult(w.req_id, w.kind, w.arrival_s, len(w.prompt_token_ids)) for w in items]
@@ -72,16 +77,25 @@ async def replay(base_url: str, model: str, items: list[WorkItem], extra: dict |
         start = time.monotonic()
         tasks = [asyncio.create_task(_one(client, url, model, w, start, extra or {}, r, timeout_s))
                  for w, r in zip(items, results)]
-        if progress:
+        if progress or stop_after_s is not None:
             while not all(t.done() for t in tasks):
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(0.5 if not progress else 2.0)
+                if stop_after_s is not None and time.monotonic() - start > stop_after_s:
+                    for t, r in zip(tasks, results):
+                        if not t.done():
+                            t.cancel()
+                            r.error = f"cut: still open {stop_after_s:.0f} s after the start"
+                    break
+                if not progress:
+                    continue
                 done = sum(t.done() for t in tasks)
                 first = sum(1 for r in results if r.token_times)
                 sys.stderr.write(f"\r  [{label}] t={time.monotonic() - start:6.1f}s  "
                                  f"first tokens {first}/{len(items)}  finished {done}/{len(items)}   ")
                 sys.stderr.flush()
-            sys.stderr.write("\n")
-        await asyncio.gather(*tasks)
+            if progress:
+                sys.stderr.write("\n")
+        await asyncio.gather(*tasks, return_exceptions=True)
     return results
 
 

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medha_vllm.launch import VllmServer
-from medha_vllm.loadgen import replay, summarize
-from medha_vllm.workload import WorkItem, WorkloadSpec, build_workload, read_trace
+from benchmarks.harness.launch import VllmServer
+from benchmarks.harness.loadgen import replay, summarize
+from benchmarks.harness.workload import WorkItem, WorkloadSpec, build_workload, read_trace
 
 SERVED_NAME = "model"
 
