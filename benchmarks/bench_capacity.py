@@ -1,10 +1,19 @@
-"""Capacity (`make bench-capacity`): the highest request rate at which at
-least 90 % of requests meet their deadlines, for plain vLLM, plain vLLM with
---long-prefill-token-threshold 512, and Medha, on the same seeded workload.
+"""Capacity (`make bench-capacity`): the request rate at which 90 % of
+requests meet their deadlines, for plain vLLM, plain vLLM with
+--long-prefill-token-threshold 512, and Medha, on the same seeded workloads.
+
+Every server runs every rate of one grid (geometric, each step 25 % of the
+rate; no early stop), for each of 3 seeds. A run lasts `--duration-s` of
+Poisson arrivals; requests still open `--drain-s` later are cut (counted as
+missed), so an overloaded run ends in bounded time, and the next run waits
+for the server to be idle. Capacity is interpolated linearly between the
+last grid rate that meets the 90 % and the first that does not; it is
+reported per seed with its spread, and marked censored when the 90 % line is
+not crossed inside the grid.
 
 Workload: short requests with lengths from the Azure trace (capped) plus 5 %
-long requests, Poisson arrivals at each rate of a sweep (same seed for every
-server). One deadline definition for all servers (written in the JSON):
+long requests (same seed -> same arrivals and lengths for every server). One
+deadline definition for all servers (written in the JSON):
 TTFT deadline = max(floor, multiplier x idle prefill time of the prompt), with
 the idle prefill time measured once on the idle plain server and fitted as
 a + b*n + c*n^2; each later token is due `tbt_slo_s` after the previous
@@ -23,14 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 from common import RESULTS, machine, write_json  # noqa: E402
 
-from medha_vllm.launch import VllmServer  # noqa: E402
-from medha_vllm.loadgen import replay  # noqa: E402
-from medha_vllm.models import build_synthetic  # noqa: E402
-from medha_vllm.workload import WorkItem, default_trace_path, read_trace  # noqa: E402
+from benchmarks.harness.launch import VllmServer  # noqa: E402
+from benchmarks.harness.loadgen import replay  # noqa: E402
+from benchmarks.harness.models import build_synthetic  # noqa: E402
+from benchmarks.harness.workload import WorkItem, default_trace_path, read_trace  # noqa: E402
 
 
 def workload(rate: float, duration_s: float, seed: int, nonce: int, long_frac: float, long_tokens: int,
@@ -67,10 +76,52 @@ def met_fraction(results, ttft_deadline, tbt_slo) -> float:
     return ok / max(1, len(results))
 
 
+def rate_grid(lo: float, hi: float, step: float) -> list[float]:
+    """lo, lo x (1 + step), ... up to hi (each step `step` of the rate)."""
+    out, r = [], lo
+    while r <= hi * (1 + 1e-9):
+        out.append(round(r, 3))
+        r *= 1 + step
+    return out
+
+
+def capacity(per_rate: dict[float, float], target: float = 0.9) -> dict:
+    """Interpolated rate where the met fraction falls through `target`."""
+    rates = sorted(per_rate)
+    if per_rate[rates[0]] < target:
+        return {"rps": rates[0], "censored": "below grid"}
+    for lo, hi in zip(rates, rates[1:]):
+        if per_rate[hi] < target:
+            flo, fhi = per_rate[lo], per_rate[hi]
+            return {"rps": lo + (hi - lo) * (flo - target) / (flo - fhi), "censored": None}
+    return {"rps": rates[-1], "censored": "above grid"}
+
+
+def wait_idle(base_url: str, timeout_s: float = 120.0) -> None:
+    """Until the server has no request running or waiting (cut requests are
+    aborted asynchronously)."""
+    import re
+    import urllib.request
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        text = urllib.request.urlopen(base_url + "/metrics", timeout=10).read().decode()
+        busy = sum(float(m.group(1)) for m in re.finditer(
+            r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} (\S+)$", text, re.M))
+        if busy == 0:
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"{base_url} still busy {timeout_s:.0f} s after a run")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rates", default="0.25,0.5,1,2,3,4,6")
-    ap.add_argument("--duration-s", type=float, default=40.0)
+    ap.add_argument("--rate-min", type=float, default=0.25)
+    ap.add_argument("--rate-max", type=float, default=12.0)
+    ap.add_argument("--rate-step", type=float, default=0.25, help="grid step, fraction of the rate")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--duration-s", type=float, default=20.0)
+    ap.add_argument("--drain-s", type=float, default=20.0)
     ap.add_argument("--long-frac", type=float, default=0.05)
     ap.add_argument("--long-tokens", type=int, default=24000)
     ap.add_argument("--max-prompt-tokens", type=int, default=512)
@@ -78,17 +129,17 @@ def main(argv=None):
     ap.add_argument("--ttft-multiplier", type=float, default=3.0)
     ap.add_argument("--ttft-floor-s", type=float, default=1.0)
     ap.add_argument("--tbt-slo-s", type=float, default=0.5)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--servers", default="plain,plain-chunked,medha")
     a = ap.parse_args(argv)
     model = str(build_synthetic())
-    rates = [float(x) for x in a.rates.split(",")]
-    common = ["--max-model-len", str(a.long_tokens + 1024), "--seed", str(a.seed)]
+    rates = rate_grid(a.rate_min, a.rate_max, a.rate_step)
+    seeds = [int(x) for x in a.seeds.split(",")]
+    common = ["--max-model-len", str(a.long_tokens + 1024), "--seed", "0"]
     servers = {"plain": common, "plain-chunked": common + ["--long-prefill-token-threshold", "512"],
                "medha": common + ["--scheduler", "medha"]}
     logs = RESULTS / "logs" / "capacity"
     logs.mkdir(parents=True, exist_ok=True)
-    out = {"rates": rates, "servers": {}, "machine": machine(), "deadline": {}}
+    out = {"rates": rates, "seeds": seeds, "servers": {}, "machine": machine(), "deadline": {}}
     coef = None
     for name in a.servers.split(","):
         with VllmServer(model, servers[name], served_name="model", log_path=str(logs / f"{name}.log")) as srv:
@@ -112,30 +163,50 @@ def main(argv=None):
             def ttft_deadline(n, c=coef):
                 return max(a.ttft_floor_s, a.ttft_multiplier * float(np.polyval(c, n)))
 
-            per_rate = {}
-            for rate in rates:
-                items = workload(rate, a.duration_s, a.seed, int(time.time() * 1000) % 10**9,
-                                 a.long_frac, a.long_tokens, a.max_prompt_tokens, a.max_output_tokens)
-                res = asyncio.run(replay(srv.base_url, "model", items, label=f"{name} {rate}/s"))
-                frac = met_fraction(res, ttft_deadline, a.tbt_slo_s)
-                per_rate[str(rate)] = {"met_fraction": frac, "num_requests": len(items),
-                                       "num_long": sum(w.kind == "long" for w in items)}
-                print(f"  {name:14s} rate {rate:5.2f}/s: {100 * frac:5.1f}% met ({len(items)} requests)",
-                      flush=True)
-                if frac < 0.9 and rate > rates[0]:
-                    break  # higher rates only get worse
-        cap = max([r for r in rates if per_rate.get(str(r), {}).get("met_fraction", 0) >= 0.9], default=0.0)
-        out["servers"][name] = {"capacity_rps": cap, "per_rate": per_rate}
-    base = max(out["servers"].get(n, {}).get("capacity_rps", 0.0) for n in ("plain", "plain-chunked"))
-    med = out["servers"].get("medha", {}).get("capacity_rps", math.nan)
-    out["medha_capacity_over_best_baseline"] = (med / base) if base else math.inf
-    out["targets"] = {"medha_capacity_over_best_baseline": ">= 5"}
-    out["workload"] = {k: getattr(a, k) for k in ("duration_s", "long_frac", "long_tokens", "max_prompt_tokens",
-                                                 "max_output_tokens", "seed")}
+            per_seed = {}
+            for seed in seeds:
+                per_rate = {}
+                for rate in rates:
+                    items = workload(rate, a.duration_s, seed, int(time.time() * 1000) % 10**9,
+                                     a.long_frac, a.long_tokens, a.max_prompt_tokens,
+                                     a.max_output_tokens)
+                    wait_idle(srv.base_url)
+                    res = asyncio.run(replay(srv.base_url, "model", items, progress=False,
+                                             stop_after_s=a.duration_s + a.drain_s))
+                    frac = met_fraction(res, ttft_deadline, a.tbt_slo_s)
+                    per_rate[str(rate)] = {"met_fraction": frac, "num_requests": len(items),
+                                           "num_long": sum(w.kind == "long" for w in items),
+                                           "num_cut": sum(bool(r.error and r.error.startswith("cut"))
+                                                          for r in res)}
+                    print(f"  {name:14s} seed {seed} rate {rate:6.3f}/s: {100 * frac:5.1f}% met "
+                          f"({len(items)} requests)", flush=True)
+                cap = capacity({float(r): v["met_fraction"] for r, v in per_rate.items()})
+                per_seed[str(seed)] = {"capacity": cap, "per_rate": per_rate}
+        caps = [v["capacity"]["rps"] for v in per_seed.values()]
+        out["servers"][name] = {
+            "capacity_rps_mean": float(np.mean(caps)), "capacity_rps_min": min(caps),
+            "capacity_rps_max": max(caps),
+            "censored": sorted({v["capacity"]["censored"] for v in per_seed.values()
+                                if v["capacity"]["censored"]}),
+            "per_seed": per_seed}
+    ratios = {}
+    for seed in map(str, seeds):
+        base = max(out["servers"][n]["per_seed"][seed]["capacity"]["rps"]
+                   for n in ("plain", "plain-chunked") if n in out["servers"])
+        med = out["servers"]["medha"]["per_seed"][seed]["capacity"]["rps"]
+        ratios[seed] = med / base if base else math.inf
+    out["medha_capacity_over_best_baseline_per_seed"] = ratios
+    out["medha_capacity_over_best_baseline_min"] = min(ratios.values())
+    out["targets"] = {"medha_capacity_over_best_baseline_per_seed": ">= 5 at every seed"}
+    out["workload"] = {k: getattr(a, k) for k in ("duration_s", "drain_s", "long_frac", "long_tokens",
+                                                 "max_prompt_tokens", "max_output_tokens",
+                                                 "rate_min", "rate_max", "rate_step")}
     out["command"] = "python benchmarks/bench_capacity.py " + " ".join(argv or sys.argv[1:])
-    for n, s in out["servers"].items():
-        print(f"{n:14s} capacity {s['capacity_rps']} req/s")
-    print(f"medha / best baseline: {out['medha_capacity_over_best_baseline']}")
+    print(f"{'server':14s} {'capacity mean':>14s} {'min':>7s} {'max':>7s}  censored")
+    for n, s_ in out["servers"].items():
+        print(f"{n:14s} {s_['capacity_rps_mean']:12.3f}/s {s_['capacity_rps_min']:7.3f} "
+              f"{s_['capacity_rps_max']:7.3f}  {s_['censored'] or '-'}")
+    print("medha / best baseline per seed: " + ", ".join(f"{k}: {v:.2f}" for k, v in ratios.items()))
     print(f"wrote {write_json('capacity.json', out)}")
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 from vllm.logger import init_logger
 from vllm.v1.core.sched.scheduler import Scheduler
 
@@ -38,6 +39,7 @@ from medha_vllm.pipeline import BatchLedger
 from medha_vllm.policy.planner import (EngineView, IterationPlan, PlannerSettings, RequestView,
                                        plan_iteration)
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor, OnlineCorrection
+from medha_vllm.policy.waiting import WaitingSet
 from medha_vllm.policy.work import DeadlineRules, PrefillWork
 from medha_vllm.slo import SloBook, requested_deadlines
 from medha_vllm.startup_profile import StartupProfile
@@ -135,19 +137,29 @@ class MedhaScheduler(Scheduler):
 
     def _view(self) -> EngineView:
         free_slots = self.max_num_running_reqs - len(self.running)
+        states, make_state = self.slo.states, self.slo.state
 
-        def view(r, running: bool) -> RequestView:
-            kv = seams.kv_blocks_of(self, r.request_id) if running and \
-                r.num_computed_tokens < r.num_prompt_tokens else 0
+        def view(r, kv: int) -> RequestView:
             return RequestView(r.request_id, r.num_prompt_tokens, r.num_tokens,
                                r.num_computed_tokens, r.num_in_flight_tokens,
-                               self.slo.state(r), kv, r.num_preemptions)
+                               states.get(r.request_id) or make_state(r), kv, r.num_preemptions)
 
+        running = tuple(view(r, seams.kv_blocks_of(self, r.request_id)
+                             if r.num_computed_tokens < r.num_prompt_tokens else 0)
+                        for r in self.running)
         # NOTE(medha): waiting requests matter only when a running slot is free.
-        waiting = seams.admissible_waiting(self) if free_slots > 0 else ()
+        fresh, others = [], []
+        if free_slots > 0:
+            for r in seams.admissible_waiting(self):
+                (others if r.num_computed_tokens else fresh).append(r)
+        lookup = self.slo.table.lookup
+        slots = [lookup(r.request_id) for r in fresh]
+        if None in slots:  # requests seen for the first time
+            slots = [s if s is not None else self.slo.slot(r) for s, r in zip(slots, fresh)]
+        waiting = WaitingSet(np.array(slots, dtype=np.int64), self.slo.table,
+                             lambda i: view(fresh[i], 0), tuple(view(r, 0) for r in others))
         return EngineView(
-            now=self.clock(), running=tuple(view(r, True) for r in self.running),
-            waiting=tuple(view(r, False) for r in waiting), num_waiting=len(self.waiting),
+            now=self.clock(), running=running, waiting=waiting, num_waiting=len(self.waiting),
             free_slots=free_slots, free_kv_blocks=seams.free_kv_blocks(self),
             block_size=self.block_size, token_budget=self.max_num_scheduled_tokens,
             stages=self.stages, batches_in_flight=len(self.ledger))
@@ -156,7 +168,7 @@ class MedhaScheduler(Scheduler):
         for rid in plan.victims:
             seams.preempt_for_recompute(self, self.requests[rid], time.monotonic())
         seams.reorder_running(self, plan.running_order)
-        seams.reorder_waiting(self, plan.admit)
+        seams.reorder_waiting(self, [self.requests[rid] for rid in plan.admit])
         self._caps = dict(plan.chunks)
         self._caps.update((rid, 0) for rid in plan.paused)
         self._cap_running = None  # decodes: one token each, uncapped
@@ -180,7 +192,7 @@ class MedhaScheduler(Scheduler):
                                        self.correction.factor(True)))
             return
         self._caps, self._cap_running = caps, 0
-        seams.reorder_waiting(self, list(caps))
+        seams.reorder_waiting(self, [self.requests[rid] for rid in caps if rid in self.requests])
 
     def _mamba_block_aligned_split(self, request, num_new_tokens: int, *args: Any,
                                    **kwargs: Any) -> int:
@@ -205,16 +217,18 @@ class MedhaScheduler(Scheduler):
         return BatchShape(tuple(chunks), tuple(decodes))
 
     def _account_pauses(self, output) -> None:
-        scheduled = {rid for rid in output.num_scheduled_tokens
-                     if not StartupProfile.is_synthetic(rid)}
-        for rid in self._was_scheduled - scheduled:
-            req = self.requests.get(rid)
-            if req is not None and seams.is_running(req) and \
-                    req.num_computed_tokens < req.num_tokens:
-                self.metrics.count_preemption("pause")
-        for _ in output.preempted_req_ids or ():
-            self.metrics.count_preemption("recompute")
-        self._was_scheduled = scheduled
+        scheduled = output.num_scheduled_tokens.keys()
+        if not self.profile.active:
+            # A request scheduled last iteration, running and unfinished, that
+            # got nothing now was paused between chunks (set ops in C).
+            for rid in self._was_scheduled - scheduled:
+                req = self.requests.get(rid)
+                if req is not None and seams.is_running(req) and \
+                        req.num_computed_tokens < req.num_tokens:
+                    self.metrics.count_preemption("pause")
+            for _ in output.preempted_req_ids or ():
+                self.metrics.count_preemption("recompute")
+        self._was_scheduled = set(scheduled) if not self.profile.active else set()
 
     # ------------------------------------------------------------ outputs
     def update_from_output(self, scheduler_output, model_runner_output):

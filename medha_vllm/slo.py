@@ -15,6 +15,7 @@ from typing import Any, Callable
 from vllm.logger import init_logger
 
 from medha_vllm.policy.lars import SlackState
+from medha_vllm.policy.waiting import RankTable
 
 # NOTE(medha): under the "vllm." namespace so vLLM's logging config shows it.
 logger = init_logger(f"vllm.{__name__}")
@@ -60,16 +61,28 @@ class SloBook:
         self._make = make_state
         self._on_miss = on_miss
         self.states: dict[str, SlackState] = {}
+        # The same states as rank rows, for the planner's waiting cut.
+        self.table = RankTable()
         self._next_deadline: dict[str, float] = {}
 
     def state(self, request) -> SlackState:
         st = self.states.get(request.request_id)
         if st is None:
             st = self.states[request.request_id] = self._make(request)
+            self.table.add(request.request_id, st)
         return st
+
+    def slot(self, request) -> int:
+        """The request's row in `table` (its slack state made if need be)."""
+        slot = self.table.lookup(request.request_id)
+        if slot is None:
+            self.state(request)
+            slot = self.table.lookup(request.request_id)
+        return slot
 
     def clear(self) -> None:
         self.states.clear()
+        self.table.clear()
 
     def observe_tokens(self, req_id: str, num_tokens: int, now: float) -> None:
         st = self.states.get(req_id)
@@ -85,4 +98,5 @@ class SloBook:
 
     def forget(self, req_id: str) -> None:
         self.states.pop(req_id, None)
+        self.table.drop(req_id)
         self._next_deadline.pop(req_id, None)

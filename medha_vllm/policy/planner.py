@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple, Sequence
 
 from medha_vllm.policy.batching import PrefillCandidate, drain_tail_cap, plan_batch
 from medha_vllm.policy.lars import SlackState
+from medha_vllm.policy.waiting import WaitingSet
 from medha_vllm.policy.work import PrefillWork
 
 Order = Literal["lars", "fcfs", "edf"]
@@ -70,8 +71,9 @@ class EngineView:
     now: float
     # Running requests, in the engine's current running order.
     running: tuple[RequestView, ...]
-    # Waiting requests that may be admitted (waiting or preempted), queue order.
-    waiting: tuple[RequestView, ...]
+    # Waiting requests that may be admitted (waiting or preempted), queue order
+    # (policy/waiting.py: views are built only for the most urgent few).
+    waiting: WaitingSet
     # All waiting requests, admissible or not (for the solo-budget rule).
     num_waiting: int
     # Running slots free (max_num_seqs - running).
@@ -179,12 +181,14 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
     keyed = [(priority_of(r, view.now, work, s.order), r, True) for r in prefills]
     # Waiting cut.
     ranked_waiting = 0
-    if view.free_slots > 0 and view.waiting:
+    if view.free_slots > 0 and len(view.waiting):
+        k = min(view.free_slots, s.waiting_rank_limit)
         now, order = view.now, s.order
-        top = heapq.nsmallest(min(view.free_slots, s.waiting_rank_limit), view.waiting,
-                              key=lambda r: priority_of(r, now, work, order))
+        wkeyed = [(priority_of(r, now, work, order), r, False)
+                  for r in view.waiting.candidates(k, now, order)]
+        top = heapq.nsmallest(k, wkeyed, key=lambda kr: kr[0])
         ranked_waiting = len(top)
-        keyed.extend((priority_of(r, now, work, order), r, False) for r in top)
+        keyed.extend(top)
     keyed.sort(key=lambda kr: kr[0])
     # Solo budget. NOTE(medha): a prefill alone in the engine protects nobody's
     # latency with small chunks: fewer, cheaper chunks; a request arriving

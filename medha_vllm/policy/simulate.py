@@ -23,6 +23,7 @@ from typing import Callable
 from medha_vllm.policy.planner import (EngineView, IterationPlan, PlannerSettings, RequestView,
                                        plan_iteration)
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor
+from medha_vllm.policy.waiting import WaitingSet
 from medha_vllm.policy.work import DeadlineRules, PrefillWork
 
 
@@ -115,7 +116,8 @@ def simulate_engine(reqs: list[SimRequest], predictor: LinearBatchPredictor,
             t = pending[0].arrival
             continue
         view = EngineView(now=t, running=tuple(view_of(r) for r in running),
-                          waiting=tuple(view_of(r) for r in waiting), num_waiting=len(waiting),
+                          waiting=WaitingSet.of([view_of(r) for r in waiting]),
+                          num_waiting=len(waiting),
                           free_slots=max_num_seqs - len(running), free_kv_blocks=free_blocks(),
                           block_size=block_size, token_budget=token_budget)
         plan = plan_iteration(view, settings, work)

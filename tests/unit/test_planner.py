@@ -6,6 +6,7 @@ import pytest
 from medha_vllm.policy.lars import SlackState
 from medha_vllm.policy.planner import EngineView, PlannerSettings, RequestView, plan_iteration
 from medha_vllm.policy.predictor import LinearBatchPredictor
+from medha_vllm.policy.waiting import WaitingSet
 from medha_vllm.policy.work import PrefillWork
 
 MS = LinearBatchPredictor([0.0, 1e-3, 0.0, 0.0, 0.0, 0.0])
@@ -25,7 +26,7 @@ def req(rid, prompt, computed=0, total=None, deadline=10.0, arrival=0.0, kv=0, p
 
 def view(running=(), waiting=(), free_slots=8, free_kv=10_000, now=0.0, stages=1,
          num_waiting=None):
-    return EngineView(now=now, running=tuple(running), waiting=tuple(waiting),
+    return EngineView(now=now, running=tuple(running), waiting=WaitingSet.of(waiting),
                       num_waiting=len(waiting) if num_waiting is None else num_waiting,
                       free_slots=free_slots, free_kv_blocks=free_kv, block_size=16,
                       token_budget=4096, stages=stages)
