@@ -125,8 +125,7 @@ class MedhaScheduler(Scheduler):
         if self.profile.active:
             self._profile_iteration(clean)
         else:
-            self._apply(plan_iteration(self._view(), self.settings, self.work,
-                                       self.correction.factor(True)))
+            self._plan_and_apply()
         try:
             output = super().schedule(throttle_prefills)
         finally:
@@ -134,6 +133,10 @@ class MedhaScheduler(Scheduler):
         self.ledger.dispatched(self._shape_of(output), self.perf_clock(), clean)
         self._account_pauses(output)
         return output
+
+    def _plan_and_apply(self) -> None:
+        self._apply(plan_iteration(self._view(), self.settings, self.work,
+                                   self.correction.factor(True)))
 
     def _view(self) -> EngineView:
         free_slots = self.max_num_running_reqs - len(self.running)
@@ -188,8 +191,7 @@ class MedhaScheduler(Scheduler):
             if predictor is not None:
                 self.set_predictor(predictor)
                 self.metrics.set_profile_error(self.profile.profile_error)
-            self._apply(plan_iteration(self._view(), self.settings, self.work,
-                                       self.correction.factor(True)))
+            self._plan_and_apply()
             return
         self._caps, self._cap_running = caps, 0
         seams.reorder_waiting(self, [self.requests[rid] for rid in caps if rid in self.requests])

@@ -24,7 +24,8 @@ MODEL = "smollm2"
 def server(smollm2_path, profile_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "medha-server.log"
     srv = VllmServer(smollm2_path, [
-        "--scheduler", "medha", "--dtype", "float32", "--max-model-len", "4096",
+        # Eager: compilation is not this module's subject (make demo serves compiled).
+        "--scheduler", "medha", "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager",
         "--medha-profile-dir", profile_dir, "--medha-profile-max-context", "2048",
     ], served_name=MODEL, log_path=str(log))
     with srv:

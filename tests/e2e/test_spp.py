@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
+import time
+import urllib.request
 
 import pytest
 from openai import AsyncOpenAI
@@ -42,9 +45,12 @@ async def run_all(base_url: str) -> list[dict]:
         if len(p) < 1000:
             await asyncio.sleep(1.0)
         r = await client.completions.create(model=MODEL, prompt=p, max_tokens=12,
-                                            temperature=0, logprobs=1, seed=0)
+                                            temperature=0, logprobs=1, seed=0,
+                                            extra_body={"return_tokens_as_token_ids": True})
         lp = r.choices[0].logprobs
-        return {"tokens": lp.tokens, "logprobs": lp.token_logprobs}
+        # "token_id:<id>": compare ids, not strings.
+        return {"tokens": [int(t.split(":", 1)[1]) for t in lp.tokens],
+                "logprobs": lp.token_logprobs}
 
     return await asyncio.gather(*(one(p) for p in PROMPTS))
 
@@ -72,7 +78,12 @@ def test_spp2_medha_equals_single_worker_and_pipelines_chunks(
     srv.env = env | {"VLLM_CPU_KVCACHE_SPACE": "1"}
     with srv:
         got = asyncio.run(run_all(srv.base_url))
+        time.sleep(1.5)  # metrics snapshots are published about once a second
+        metrics = urllib.request.urlopen(srv.base_url + "/metrics").read().decode()
     assert_same(single_worker_reference, got)
+    # The Medha path ran: its chunk histogram counted the planned chunks.
+    chunks = re.search(r'^medha:chunk_size_tokens_count\{[^}]*\} (\S+)$', metrics, re.M)
+    assert chunks and float(chunks.group(1)) > 1500 / 64, "Medha planned no chunks"
 
     spans = load_spans(timeline)
     assert {s.stage for s in spans} == {0, 1}

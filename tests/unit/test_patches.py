@@ -202,6 +202,13 @@ def test_scheduler_medha_flag_maps_to_class_and_config(smollm2_path):
 
 @pytest.mark.parametrize("argv, words", [
     (["--scheduler", "medha", "--medha-min-chunk-size", "0"], ["min_chunk_size", "[1,"]),
+    (["--scheduler", "medha", "--medha-target-batch-time-s", "0"],
+     ["target_batch_time_s", "(0.0, 60.0]"]),
+    (["--scheduler", "medha", "--additional-config", '{"medha": {"space_sharing_max_slack": 2}}'],
+     ["space_sharing_max_slack", "[0.0, 1.0]"]),
+    (["--scheduler", "medha", "--additional-config", '{"medha": {"chunk": 1}}'],
+     ["unknown medha option", "chunk"]),
+    (["--scheduler", "round-robin"], ["--scheduler", "medha"]),
     (["--scheduler", "medha", "--additional-config", '{"medha": {"target_batch_time_s": -1}}'],
      ["target_batch_time_s", "(0.0, 60.0]"]),
     (["--medha-min-chunk-size", "64"], ["--scheduler medha"]),
