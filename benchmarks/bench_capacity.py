@@ -3,19 +3,27 @@ requests meet their deadlines, for plain vLLM, plain vLLM with
 --long-prefill-token-threshold 512, and Medha, on the same seeded workloads.
 
 Every server runs every rate of one grid (geometric, each step 25 % of the
-rate; no early stop), for each of 3 seeds. A run lasts `--duration-s` of
-Poisson arrivals; requests still open `--drain-s` later are cut (counted as
-missed), so an overloaded run ends in bounded time, and the next run waits
-for the server to be idle. Capacity is interpolated linearly between the
-last grid rate that meets the 90 % and the first that does not; it is
-reported per seed with its spread, and marked censored when the 90 % line is
-not crossed inside the grid.
+rate; no early stop), for each of 3 seeds. A run offers `--duration-s` of
+Poisson arrivals. The client gives a request up the moment one of its tokens
+misses its deadline (like a user with a timeout; the server aborts it), so a
+request is cut only once it has certainly missed, and an overloaded run still
+ends about one deadline after its last arrival. The next run waits for the
+server to be idle. Capacity is interpolated linearly between the last grid
+rate that meets the 90 % and the first that does not; it is reported per
+seed with its spread, and marked censored when the 90 % line is not crossed
+inside the grid.
 
 Workload: short requests with lengths from the Azure trace (capped) plus 5 %
-long requests (same seed -> same arrivals and lengths for every server). One
-deadline definition for all servers (written in the JSON):
-TTFT deadline = max(floor, multiplier x idle prefill time of the prompt), with
-the idle prefill time measured once on the idle plain server and fitted as
+long requests (same seed -> same arrivals and lengths for every server). The
+long length is sized for this 2-core host: a 24K-token prompt takes ~88 s to
+prefill on an idle plain server, so at 5 % of even 0.25 req/s the long
+requests alone would offer more work than the machine has, and every rate of
+the grid would measure an overloaded server; 2-4K-token prompts take 3-6 s
+idle, far beyond a short request's deadline (so they block plain vLLM), while
+their share of the work stays below the machine's capacity over most of the
+grid. One deadline definition for all servers (written in the JSON): TTFT
+deadline = max(floor, multiplier x idle prefill time of the prompt), with the
+idle prefill time measured once on the idle plain server and fitted as
 a + b*n + c*n^2; each later token is due `tbt_slo_s` after the previous
 token's deadline (slack carried forward). A request meets its deadlines if
 every token does. Writes benchmarks/results/capacity.json."""
@@ -64,7 +72,7 @@ def met_fraction(results, ttft_deadline, tbt_slo) -> float:
     ok = 0
     for r in results:
         if r.error or not r.token_times:
-            continue
+            continue  # given up at a missed deadline, cut, or failed: missed
         deadline = r.arrival_s + ttft_deadline(r.prompt_tokens)
         good = True
         for tt in r.token_times:
@@ -116,14 +124,15 @@ def wait_idle(base_url: str, timeout_s: float = 120.0) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rate-min", type=float, default=0.25)
-    ap.add_argument("--rate-max", type=float, default=12.0)
+    ap.add_argument("--rate-min", type=float, default=0.5)
+    ap.add_argument("--rate-max", type=float, default=9.1)
     ap.add_argument("--rate-step", type=float, default=0.25, help="grid step, fraction of the rate")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--duration-s", type=float, default=20.0)
-    ap.add_argument("--drain-s", type=float, default=20.0)
+    ap.add_argument("--drain-s", type=float, default=10.0,
+                    help="safety cut, this long after the last deadline could pass")
     ap.add_argument("--long-frac", type=float, default=0.05)
-    ap.add_argument("--long-tokens", type=int, default=24000)
+    ap.add_argument("--long-tokens", type=int, default=4096)
     ap.add_argument("--max-prompt-tokens", type=int, default=512)
     ap.add_argument("--max-output-tokens", type=int, default=32)
     ap.add_argument("--ttft-multiplier", type=float, default=3.0)
@@ -143,11 +152,15 @@ def main(argv=None):
     coef = None
     for name in a.servers.split(","):
         with VllmServer(model, servers[name], served_name="model", log_path=str(logs / f"{name}.log")) as srv:
+            # Same warm-up on every server (first requests pay one-off costs).
+            tok = random.Random(int(time.time()))
+            asyncio.run(replay(srv.base_url, "model", [
+                WorkItem(f"warm{n}", 0.0, [tok.randrange(100, 49000) for _ in range(n)], 4, "warm")
+                for n in (16, 300, a.long_tokens)], progress=False))
             if coef is None:
                 # Idle prefill time vs prompt length, measured once, on the first (plain) server.
-                tok = random.Random(int(time.time()))
                 ns, ts = [], []
-                for n in (64, 512, 2048, 8192, a.long_tokens):
+                for n in sorted({64, 256, 512, 1024, 2048, a.long_tokens // 2, a.long_tokens}):
                     res = asyncio.run(replay(srv.base_url, "model", [WorkItem(
                         f"cal{n}", 0.0, [tok.randrange(100, 49000) for _ in range(n)], 2, "cal")],
                         progress=False))
@@ -163,6 +176,8 @@ def main(argv=None):
             def ttft_deadline(n, c=coef):
                 return max(a.ttft_floor_s, a.ttft_multiplier * float(np.polyval(c, n)))
 
+            longest_deadline = ttft_deadline(a.long_tokens) + a.max_output_tokens * a.tbt_slo_s
+
             per_seed = {}
             for seed in seeds:
                 per_rate = {}
@@ -171,15 +186,25 @@ def main(argv=None):
                                      a.long_frac, a.long_tokens, a.max_prompt_tokens,
                                      a.max_output_tokens)
                     wait_idle(srv.base_url)
-                    res = asyncio.run(replay(srv.base_url, "model", items, progress=False,
-                                             stop_after_s=a.duration_s + a.drain_s))
+                    t0 = time.monotonic()
+                    res = asyncio.run(replay(
+                        srv.base_url, "model", items, progress=False,
+                        stop_after_s=a.duration_s + longest_deadline + a.drain_s,
+                        deadlines=lambda w: (ttft_deadline(len(w.prompt_token_ids)), a.tbt_slo_s)))
                     frac = met_fraction(res, ttft_deadline, a.tbt_slo_s)
-                    per_rate[str(rate)] = {"met_fraction": frac, "num_requests": len(items),
-                                           "num_long": sum(w.kind == "long" for w in items),
-                                           "num_cut": sum(bool(r.error and r.error.startswith("cut"))
-                                                          for r in res)}
+                    longs = [r for r in res if r.kind == "long"]
+                    per_rate[str(rate)] = {
+                        "met_fraction": frac, "num_requests": len(items),
+                        "num_long": len(longs),
+                        "num_long_met": sum(1 for r in longs if not r.error and r.token_times),
+                        "num_given_up": sum(bool(r.error and r.error.startswith("missed")) for r in res),
+                        "num_cut": sum(bool(r.error and r.error.startswith("cut")) for r in res),
+                        "num_failed": sum(bool(r.error and not r.error.startswith(("missed", "cut")))
+                                          for r in res),
+                        "wall_s": round(time.monotonic() - t0, 1)}
                     print(f"  {name:14s} seed {seed} rate {rate:6.3f}/s: {100 * frac:5.1f}% met "
-                          f"({len(items)} requests)", flush=True)
+                          f"({len(items)} requests, {per_rate[str(rate)]['num_long']} long, "
+                          f"{per_rate[str(rate)]['wall_s']} s)", flush=True)
                 cap = capacity({float(r): v["met_fraction"] for r, v in per_rate.items()})
                 per_seed[str(seed)] = {"capacity": cap, "per_rate": per_rate}
         caps = [v["capacity"]["rps"] for v in per_seed.values()]

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -40,42 +41,67 @@ class RequestResult:
 
 
 async def _one(client: httpx.AsyncClient, url: str, model: str, item: WorkItem, start: float,
-               extra: dict, res: RequestResult, timeout_s: float) -> None:
+               extra: dict, res: RequestResult, timeout_s: float,
+               deadlines: Callable[[WorkItem], tuple[float, float]] | None) -> None:
     await asyncio.sleep(max(0.0, start + item.arrival_s - time.monotonic()))
     res.arrival_s = time.monotonic() - start
     body = {"model": model, "prompt": item.prompt_token_ids, "max_tokens": item.output_tokens,
             "temperature": 0.0, "stream": True, "ignore_eos": True, **extra}
+    first_s, tbt_s = deadlines(item) if deadlines else (math.inf, math.inf)
+    due = res.arrival_s + first_s  # the next token's deadline (slack carried forward)
     try:
         async with client.stream("POST", url, json=body, timeout=timeout_s) as r:
             if r.status_code != 200:
                 res.error = f"HTTP {r.status_code}: {(await r.aread())[:300]!r}"
                 return
-            async for line in r.aiter_lines():
+            lines = r.aiter_lines()
+            while True:
+                wait = due - (time.monotonic() - start)
+                try:
+                    line = await (asyncio.wait_for(anext(lines), max(0.0, wait))
+                                  if math.isfinite(wait) else anext(lines))
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    # Missed for certain: stop waiting (the server aborts it).
+                    res.error = f"missed: token {len(res.token_times)} not there at its deadline"
+                    return
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 now = time.monotonic() - start
                 chunk = json.loads(line[6:])
                 text = "".join(c.get("text", "") for c in chunk.get("choices", []))
                 if text or chunk.get("choices"):
+                    if now > due:
+                        res.error = f"missed: token {len(res.token_times)} {now - due:.2f} s late"
+                        return
                     res.token_times.append(now)
                     res.text += text
+                    due += tbt_s
     except (httpx.HTTPError, asyncio.TimeoutError) as e:
         res.error = f"{type(e).__name__}: {e}"
 
 
 async def replay(base_url: str, model: str, items: list[WorkItem], extra: dict | None = None,
                  timeout_s: float = 1800.0, progress: bool = True, label: str = "",
-                 stop_after_s: float | None = None) -> list[RequestResult]:
+                 stop_after_s: float | None = None,
+                 deadlines: Callable[[WorkItem], tuple[float, float]] | None = None
+                 ) -> list[RequestResult]:
     """Send `items` at their arrival offsets and stream every answer. With
     `stop_after_s`, requests still open that long after the start are
     cancelled (the client disconnects; the server aborts them) and marked
-    with an error, so an overloaded run ends in bounded time."""
+    with an error, so an overloaded run ends in bounded time. With
+    `deadlines` (item -> (first-token deadline after arrival, TBT SLO)), a
+    request is given up, like a user with a timeout, the moment one of its
+    tokens misses its deadline (each later token is due one SLO after the
+    previous token's deadline); its error then starts with "missed"."""
     url = base_url + "/v1/completions"
     limits = httpx.Limits(max_connections=len(items) + 4, max_keepalive_connections=8)
     results = [RequestResult(w.req_id, w.kind, w.arrival_s, len(w.prompt_token_ids)) for w in items]
     async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
         start = time.monotonic()
-        tasks = [asyncio.create_task(_one(client, url, model, w, start, extra or {}, r, timeout_s))
+        tasks = [asyncio.create_task(_one(client, url, model, w, start, extra or {}, r, timeout_s,
+                                                 deadlines))
                  for w, r in zip(items, results)]
         if progress or stop_after_s is not None:
             while not all(t.done() for t in tasks):
