@@ -33,3 +33,22 @@ def scheduler_facts(llm) -> dict:
         facts["medha_chunks"] = sum(metrics.snap.chunk_size.counts)
         facts["medha_pauses"] = metrics.snap.preemptions["pause"]
     return facts
+
+
+def read_metrics(base_url: str) -> str:
+    """The server's /metrics text, after the next snapshot (Medha publishes
+    its metrics about once a second)."""
+    import time
+    import urllib.request
+
+    time.sleep(1.5)
+    return urllib.request.urlopen(base_url + "/metrics").read().decode()
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of series `name` over its labels in Prometheus text; fails if absent."""
+    import re
+
+    vals = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    assert vals, f"{name} not in /metrics"
+    return sum(vals)

@@ -14,6 +14,8 @@ import httpx
 import pytest
 from openai import BadRequestError, OpenAI
 
+from exactness_common import metric_sum as gauge
+
 from benchmarks.harness.launch import VllmServer, vllm_executable
 
 pytestmark = pytest.mark.e2e
@@ -39,12 +41,6 @@ def client(server):
 
 def metrics(server) -> str:
     return urllib.request.urlopen(server.base_url + "/metrics", timeout=10).read().decode()
-
-
-def gauge(text: str, name: str) -> float:
-    vals = [float(m.group(1)) for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
-    assert vals, f"{name} not in /metrics"
-    return sum(vals)
 
 
 def test_chat_answer_from_real_model(client):

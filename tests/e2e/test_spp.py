@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from openai import AsyncOpenAI
 
-from exactness_common import assert_same, words
+from exactness_common import assert_same, metric_sum, read_metrics, words
 
 from benchmarks.harness.launch import VllmServer, vllm_executable
 from medha_vllm.timeline import (load_spans, overlapping_chunks, prefill_tokens_by_request,
@@ -78,12 +75,10 @@ def test_spp2_medha_equals_single_worker_and_pipelines_chunks(
     srv.env = env | {"VLLM_CPU_KVCACHE_SPACE": "1"}
     with srv:
         got = asyncio.run(run_all(srv.base_url))
-        time.sleep(1.5)  # metrics snapshots are published about once a second
-        metrics = urllib.request.urlopen(srv.base_url + "/metrics").read().decode()
+        metrics = read_metrics(srv.base_url)
     assert_same(single_worker_reference, got)
     # The Medha path ran: its chunk histogram counted the planned chunks.
-    chunks = re.search(r'^medha:chunk_size_tokens_count\{[^}]*\} (\S+)$', metrics, re.M)
-    assert chunks and float(chunks.group(1)) > 1500 / 64, "Medha planned no chunks"
+    assert metric_sum(metrics, "medha:chunk_size_tokens_count") > 1500 / 64, "Medha planned no chunks"
 
     spans = load_spans(timeline)
     assert {s.stage for s in spans} == {0, 1}

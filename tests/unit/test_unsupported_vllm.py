@@ -15,7 +15,7 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 import medha_vllm.patches as patches
 from medha_vllm.patches import parallel_layout
 
-model, argv = sys.argv[1], sys.argv[2:]
+model = sys.argv[1]
 parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())  # loads the plugin
 print("PATCHES", {n: (patches.result_of(n) or "none") for n in patches.PATCH_MODULES})
 print("LAYOUT_WRAPPED", EngineArgs.create_engine_config is not parallel_layout._ORIG.get(
