@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench-spp bench clean
+.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-spp bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +39,9 @@ bench-predictor: models
 
 bench-kernels: setup
 	@$(PY) benchmarks/bench_kernels.py
+
+bench-attention-kernel: setup
+	@$(PY) benchmarks/bench_attention_kernel.py
 
 bench-spp: models
 	@$(PY) benchmarks/bench_spp.py

@@ -62,7 +62,8 @@ def make_sharded_problem(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> ShardedProblem:
-    """Random problem; ``layout`` "NHD" (contiguous) or "HND" (strided view of a head-major pool).
+    """Random problem; ``layout`` "NHD" (contiguous), "HND" (strided view of a head-major pool)
+    or "CPU_ATTN" (vLLM's CPU cache, ISA vec: K transposed per block; block_size % 16 == 0).
 
     ``contiguous_blocks`` allocates each shard's blocks in increasing physical
     order (a fresh vLLM block pool) instead of a random permutation.
@@ -88,8 +89,15 @@ def make_sharded_problem(
     elif layout == "HND":
         kc = torch.zeros(num_blocks, num_kv_heads, block_size, head_size).transpose(1, 2)
         vc = torch.zeros(num_blocks, num_kv_heads, block_size, head_size).transpose(1, 2)
+    elif layout == "CPU_ATTN":
+        from .kv_layout import cpu_attn_kv_views
+
+        # NOTE(medha): built in the target dtype, since a .to() of these
+        # interleaved views would copy them into a contiguous NHD tensor.
+        pool = torch.zeros(num_blocks, num_kv_heads, block_size, 2 * head_size, dtype=dtype)
+        kc, vc = cpu_attn_kv_views(pool, "vec")
     else:
-        raise ValueError(f"layout must be NHD or HND, got {layout!r}")
+        raise ValueError(f"layout must be NHD, HND or CPU_ATTN, got {layout!r}")
     tables, cursor = [], 0
     for (i, lo, hi), n in zip(pieces, blocks_needed):
         ids = perm[cursor : cursor + n]
@@ -127,7 +135,9 @@ def make_sharded_problem(
     full_rows = tables[num_seqs * num_shards :]
     full = meta(full_rows, [0] * num_seqs, totals, causal)
     to = dict(device=device, dtype=dtype)
-    return ShardedProblem(query.to(**to), kc.to(**to), vc.to(**to), full, shards, bounds)
+    if layout != "CPU_ATTN":
+        kc, vc = kc.to(**to), vc.to(**to)
+    return ShardedProblem(query.to(**to), kc, vc, full, shards, bounds)
 
 
 def assert_states_close(

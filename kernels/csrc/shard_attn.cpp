@@ -1,0 +1,365 @@
+// Exact KV-split shard attention on CPU, reading vLLM's CPU_ATTN cache in place.
+//
+// Layout read (vLLM CPU_ATTN, ISA "vec"/"vec16"): per block b and KV head h,
+// K is stored TRANSPOSED, K[b, t, h, i] at k + b*k_sb + h*k_sh + i*k_si + t
+// (token stride 1), and V token-major, V[b, t, h, i] at v + b*v_sb + h*v_sh +
+// t*v_st + i (element stride 1). See kernels/kv_layout.py::cpu_attn_kv_views.
+//
+// Work split (the point of this kernel): every (sequence, KV head, row tile)
+// unit is cut into contiguous KV ranges of whole blocks; one work item is one
+// range against ALL query rows of the tile (the GQA group folded into the
+// rows), so a small prefill chunk streams each KV block once per tile, not
+// once per 32-row query tile. Items run in parallel (OpenMP, torch's runtime);
+// partial states (unnormalised acc, running max m, sum l) are merged per unit
+// in range order, the same exact log-sum-exp merge KV-cache parallelism uses.
+//
+// Scalar types: float32 and bfloat16 storage, float32 arithmetic. Vector
+// width follows the ISA the file is compiled for (-march=native on the host):
+// 16 floats with AVX-512, 8 with AVX2 (GCC vector extensions).
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#ifdef __AVX512F__
+constexpr int VW = 16;
+#else
+constexpr int VW = 8;
+#endif
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+typedef uint16_t vh __attribute__((vector_size(VW * 2)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+
+constexpr int ROW_TILE = 128;   // query rows (token x GQA group) per work item
+constexpr int RB = (VW == 16) ? 4 : 2;  // rows per register block of P V
+constexpr int QR = (VW == 16) ? 8 : 4;  // rows per register block of Q K^T (x 2 key vectors)
+constexpr int ROW_PAD = 8;              // row counts are padded to a multiple of RB and QR
+constexpr float NEG_BIG = -1e30f;
+
+static inline vf vsplat(float x) { return vf{} + x; }
+
+template <typename T>
+static inline vf vload(const T* p);
+template <>
+inline vf vload<float>(const float* p) {
+  vf r;
+  std::memcpy(&r, p, sizeof(r));
+  return r;
+}
+template <>
+inline vf vload<uint16_t>(const uint16_t* p) {  // bfloat16 -> float32
+  vh h;
+  std::memcpy(&h, p, sizeof(h));
+  vu u = __builtin_convertvector(h, vu) << 16;
+  vf r;
+  std::memcpy(&r, &u, sizeof(r));
+  return r;
+}
+static inline float to_f(float x) { return x; }
+static inline float to_f(uint16_t x) {
+  uint32_t u = uint32_t(x) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline void store_out(float* p, float x) { *p = x; }
+static inline void store_out(uint16_t* p, float x) {  // round to nearest even
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    *p = uint16_t((u >> 16) | 0x40);  // quiet NaN
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  *p = uint16_t(u >> 16);
+}
+
+// exp for x <= ~88; x < -87.3 gives ~0 (callers zero masked lanes themselves).
+static inline vf vexp(vf x) {
+  const vf lo = vsplat(-87.3f), hi = vsplat(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  vf t = x * 1.44269504088896341f;
+  vf half = t >= 0 ? vsplat(0.5f) : vsplat(-0.5f);
+  vi n = __builtin_convertvector(t + half, vi);
+  vf nf = __builtin_convertvector(n, vf);
+  vf f = x - nf * 0.693145751953125f - nf * 1.428606765330187045e-06f;
+  vf p = vsplat(1.0f / 5040) * f + 1.0f / 720;
+  p = p * f + 1.0f / 120;
+  p = p * f + 1.0f / 24;
+  p = p * f + 1.0f / 6;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  vi bits = (n + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+static inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < VW; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+static inline float hsum(vf v) {
+  float s = 0;
+  for (int i = 0; i < VW; ++i) s += v[i];
+  return s;
+}
+
+struct Args {
+  const void* q; int64_t q_st, q_sh;
+  const void* k; int64_t k_sb, k_sh, k_si;
+  const void* v; int64_t v_sb, v_sh, v_st;
+  void* out; int64_t o_st, o_sh;
+  float* lse;  // [hq, T] contiguous, may be null
+  int64_t num_tokens;
+  const int32_t* qsl; const int32_t* kv_lens;
+  const int32_t* bt; int64_t bt_stride;
+  const int64_t* q_pos;        // [T] absolute positions, causal only
+  const int64_t* shard_start;  // [num_seqs], causal only
+  int num_seqs, hq, hkv, d, bs, causal;
+  float scale;
+};
+
+struct Unit { int seq, kvh, tok0, ntok, blk_end; int64_t min_pos, max_pos; int first_item, nitems; };
+struct Item { int unit, blk0, blk1; };
+
+// S[r][0:bs] = q[r] . K^T for NR rows (K^T block: KT[i * k_si + t], t contiguous).
+template <typename T, int D, int NR>
+static inline void qk_block(const T* KT, int64_t k_si, int bs, const float* q, float* S, int ldS) {
+  for (int t0 = 0; t0 < bs; t0 += 2 * VW) {
+    vf s0[NR], s1[NR];
+    for (int rr = 0; rr < NR; ++rr) s0[rr] = s1[rr] = vf{};
+    const T* kt = KT + t0;
+    for (int i = 0; i < D; ++i) {
+      const vf k0 = vload<T>(kt + i * k_si), k1 = vload<T>(kt + i * k_si + VW);
+      for (int rr = 0; rr < NR; ++rr) {
+        const float qv = q[rr * D + i];
+        s0[rr] += qv * k0;
+        s1[rr] += qv * k1;
+      }
+    }
+    for (int rr = 0; rr < NR; ++rr) {
+      std::memcpy(S + rr * ldS + t0, &s0[rr], sizeof(vf));
+      std::memcpy(S + rr * ldS + t0 + VW, &s1[rr], sizeof(vf));
+    }
+  }
+}
+
+// acc[r][0:D] += sum_t P[r][t] V[t] for NR rows (V block: V[t * v_st + i]).
+template <typename T, int D, int NR>
+static inline void pv_block(const T* V, int64_t v_st, int ntok, const float* P, int ldS, float* acc) {
+  vf o[NR][D / VW];
+  for (int rr = 0; rr < NR; ++rr)
+    for (int c = 0; c < D / VW; ++c) o[rr][c] = vload<float>(acc + rr * D + c * VW);
+  for (int t = 0; t < ntok; ++t) {
+    vf vv[D / VW];
+    for (int c = 0; c < D / VW; ++c) vv[c] = vload<T>(V + t * v_st + c * VW);
+    for (int rr = 0; rr < NR; ++rr) {
+      const float p = P[rr * ldS + t];
+      for (int c = 0; c < D / VW; ++c) o[rr][c] += p * vv[c];
+    }
+  }
+  for (int rr = 0; rr < NR; ++rr)
+    for (int c = 0; c < D / VW; ++c) std::memcpy(acc + rr * D + c * VW, &o[rr][c], sizeof(vf));
+}
+
+// Work item: rows of one unit against blocks [blk0, blk1). Writes acc [rows][d], m, l.
+template <typename T, int D>
+static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, float* m, float* l,
+                     float* qbuf, float* sbuf) {
+  const int group = a.hq / a.hkv, rows = u.ntok * group, bs = a.bs;
+  const int q0 = a.qsl[u.seq] + u.tok0;
+  const T* qp = static_cast<const T*>(a.q);
+  // Q rows, token-major then group member: row r = j*group + g -> head kvh*group + g.
+  for (int r = 0; r < rows; ++r) {
+    const T* src = qp + (q0 + r / group) * a.q_st + (u.kvh * group + r % group) * a.q_sh;
+    for (int i = 0; i < D; ++i) qbuf[r * D + i] = to_f(src[i]) * a.scale;
+  }
+  const int rows_pad = (rows + ROW_PAD - 1) / ROW_PAD * ROW_PAD;
+  for (int r = rows; r < rows_pad; ++r) std::memset(qbuf + r * D, 0, sizeof(float) * D);
+  for (int r = 0; r < rows_pad; ++r) { m[r] = -INFINITY; l[r] = 0.f; }
+  std::memset(acc, 0, sizeof(float) * rows_pad * D);
+  const T* kp = static_cast<const T*>(a.k);
+  const T* vp = static_cast<const T*>(a.v);
+  const int kv_len = a.kv_lens[u.seq];
+  const int64_t sstart = a.causal ? a.shard_start[u.seq] : 0;
+  const int32_t* btrow = a.bt + int64_t(u.seq) * a.bt_stride;
+  const int ldS = bs;
+  for (int blk = it.blk0; blk < it.blk1; ++blk) {
+    const int64_t b = btrow[blk];
+    const int t_base = blk * bs;
+    const int ntok = kv_len - t_base < bs ? kv_len - t_base : bs;
+    const T* KT = kp + b * a.k_sb + u.kvh * a.k_sh;  // KT[i*k_si + t]
+    const T* V = vp + b * a.v_sb + u.kvh * a.v_sh;   // V[t*v_st + i]
+    // S = Q K^T over all bs columns (columns >= ntok are masked below).
+    for (int r0 = 0; r0 < rows; r0 += QR) {
+      if (rows - r0 >= QR)
+        qk_block<T, D, QR>(KT, a.k_si, bs, qbuf + r0 * D, sbuf + r0 * ldS, ldS);
+      else
+        for (int r = r0; r < rows; ++r) qk_block<T, D, 1>(KT, a.k_si, bs, qbuf + r * D, sbuf + r * ldS, ldS);
+    }
+    // Mask: tokens past kv_len, and (causal) keys after each row's position.
+    const bool full = ntok == bs && (!a.causal || sstart + t_base + bs - 1 <= u.min_pos);
+    for (int r = 0; r < rows; ++r) {
+      float* srow = sbuf + r * ldS;
+      int vis = ntok;
+      if (a.causal) {
+        const int64_t lim = a.q_pos[q0 + r / group] - sstart - t_base + 1;  // visible iff t < lim
+        if (lim < vis) vis = lim < 0 ? 0 : int(lim);
+      }
+      if (!full)
+        for (int t = vis; t < bs; ++t) srow[t] = NEG_BIG;
+      if (vis == 0) { for (int t = 0; t < bs; ++t) srow[t] = 0.f; continue; }  // row sees nothing here
+      vf mx = vsplat(NEG_BIG);
+      for (int t = 0; t < bs; t += VW) { vf x = vload<float>(srow + t); mx = x > mx ? x : mx; }
+      const float bmax = hmax(mx);
+      const float m_new = bmax > m[r] ? bmax : m[r];
+      const float alpha = std::exp(m[r] - m_new);  // 0 when m was -inf
+      vf sum = vf{};
+      const vf mn = vsplat(m_new);
+      for (int t = 0; t < bs; t += VW) {
+        vf x = vload<float>(srow + t);
+        vf p = vexp(x - mn);
+        p = x > vsplat(NEG_BIG * 0.5f) ? p : vf{};
+        sum += p;
+        std::memcpy(srow + t, &p, sizeof(vf));
+      }
+      l[r] = l[r] * alpha + hsum(sum);
+      m[r] = m_new;
+      if (alpha != 1.f) {
+        float* ar = acc + r * D;
+        for (int i = 0; i < D; ++i) ar[i] *= alpha;
+      }
+    }
+    // acc += P V (rows in register blocks of RB x D floats).
+    for (int r0 = 0; r0 < rows; r0 += RB) {
+      if (rows - r0 >= RB)
+        pv_block<T, D, RB>(V, a.v_st, ntok, sbuf + r0 * ldS, ldS, acc + r0 * D);
+      else
+        for (int r = r0; r < rows; ++r) pv_block<T, D, 1>(V, a.v_st, ntok, sbuf + r * ldS, ldS, acc + r * D);
+    }
+  }
+}
+
+template <typename T, int D>
+static int run(const Args& a, int nthreads) {
+  const int group = a.hq / a.hkv;
+  const int tok_tile = ROW_TILE / group > 0 ? ROW_TILE / group : 1;
+  std::vector<Unit> units;
+  int64_t work = 0;
+  for (int s = 0; s < a.num_seqs; ++s) {
+    const int qs = a.qsl[s], qn = a.qsl[s + 1] - qs, kv_len = a.kv_lens[s];
+    if (qn <= 0) continue;
+    for (int j0 = 0; j0 < qn; j0 += tok_tile) {
+      const int nt = qn - j0 < tok_tile ? qn - j0 : tok_tile;
+      int64_t lo = 0, hi = 0;
+      int vis = kv_len;
+      if (a.causal) {
+        lo = a.q_pos[qs + j0]; hi = lo;
+        for (int j = 1; j < nt; ++j) { int64_t p = a.q_pos[qs + j0 + j]; lo = p < lo ? p : lo; hi = p > hi ? p : hi; }
+        const int64_t lim = hi - a.shard_start[s] + 1;
+        vis = lim < vis ? (lim < 0 ? 0 : int(lim)) : vis;
+      }
+      const int nblk = (vis + a.bs - 1) / a.bs;
+      for (int h = 0; h < a.hkv; ++h) {
+        units.push_back({s, h, j0, nt, nblk, lo, hi, 0, 0});
+        work += int64_t(nblk) * nt;
+      }
+    }
+  }
+  // Cut units into ranges: about 8 items per thread over the whole batch.
+  const int64_t target = work / (8 * int64_t(nthreads)) + 1;
+  std::vector<Item> items;
+  for (int ui = 0; ui < int(units.size()); ++ui) {
+    Unit& u = units[ui];
+    u.first_item = int(items.size());
+    if (u.blk_end == 0) { u.nitems = 0; continue; }
+    int per = int(target / u.ntok);
+    per = per < 4 ? 4 : per;
+    for (int b0 = 0; b0 < u.blk_end; b0 += per)
+      items.push_back({ui, b0, b0 + per < u.blk_end ? b0 + per : u.blk_end});
+    u.nitems = int(items.size()) - u.first_item;
+  }
+  const int rows_max = ((tok_tile * group + ROW_PAD - 1) / ROW_PAD) * ROW_PAD;
+  const size_t item_floats = size_t(rows_max) * (D + 2);
+  std::vector<float> part(items.size() * item_floats);
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<float> qbuf(size_t(rows_max) * D), sbuf(size_t(rows_max) * a.bs);
+#pragma omp for schedule(dynamic, 1)
+    for (int ii = 0; ii < int(items.size()); ++ii) {
+      float* base = part.data() + ii * item_floats;
+      run_item<T, D>(a, units[items[ii].unit], items[ii], base, base + rows_max * D,
+                     base + rows_max * D + rows_max, qbuf.data(), sbuf.data());
+    }
+    // Merge the ranges of each unit in order and write out / lse.
+#pragma omp for schedule(static)
+    for (int ui = 0; ui < int(units.size()); ++ui) {
+      const Unit& u = units[ui];
+      const int rows = u.ntok * group, q0 = a.qsl[u.seq] + u.tok0;
+      T* op = static_cast<T*>(a.out);
+      std::vector<float> o(D);
+      for (int r = 0; r < rows; ++r) {
+        float M = -INFINITY;
+        for (int k = 0; k < u.nitems; ++k) {
+          const float mk = part[(u.first_item + k) * item_floats + rows_max * D + r];
+          M = mk > M ? mk : M;
+        }
+        float L = 0.f;
+        std::fill(o.begin(), o.end(), 0.f);
+        if (M != -INFINITY) {
+          for (int k = 0; k < u.nitems; ++k) {
+            const float* base = part.data() + (u.first_item + k) * item_floats;
+            const float mk = base[rows_max * D + r], lk = base[rows_max * D + rows_max + r];
+            if (mk == -INFINITY) continue;
+            const float w = std::exp(mk - M);
+            L += lk * w;
+            for (int i = 0; i < D; ++i) o[i] += base[r * D + i] * w;
+          }
+        }
+        const int tok = q0 + r / group, head = u.kvh * group + r % group;
+        T* dst = op + tok * a.o_st + head * a.o_sh;
+        const float inv = L > 0.f ? 1.f / L : 0.f;
+        for (int i = 0; i < D; ++i) store_out(dst + i, o[i] * inv);
+        if (a.lse) a.lse[int64_t(head) * a.num_tokens + tok] = L > 0.f ? M + std::log(L) : -INFINITY;
+      }
+    }
+  }
+  return 0;
+}
+
+extern "C" {
+
+int medha_vector_width() { return VW; }
+
+// Returns 0 on success, a negative code for an unsupported case (caller falls back).
+int medha_shard_attention(
+    const void* q, int64_t q_st, int64_t q_sh,
+    const void* k, int64_t k_sb, int64_t k_sh, int64_t k_si,
+    const void* v, int64_t v_sb, int64_t v_sh, int64_t v_st,
+    void* out, int64_t o_st, int64_t o_sh, float* lse, int64_t num_tokens,
+    const int32_t* qsl, const int32_t* kv_lens, const int32_t* bt, int64_t bt_stride,
+    const int64_t* q_pos, const int64_t* shard_start,
+    int num_seqs, int hq, int hkv, int d, int bs, int causal, float scale,
+    int dtype /* 0: float32, 1: bfloat16 */, int nthreads) {
+  if (bs % (2 * VW) != 0 || hq % hkv != 0) return -1;
+  Args a{q, q_st, q_sh, k, k_sb, k_sh, k_si, v, v_sb, v_sh, v_st, out, o_st, o_sh, lse, num_tokens,
+         qsl, kv_lens, bt, bt_stride, q_pos, shard_start, num_seqs, hq, hkv, d, bs, causal, scale};
+  nthreads = nthreads < 1 ? 1 : nthreads;
+#define MEDHA_CASE(DD)                                                   \
+  if (d == DD) return dtype == 0 ? run<float, DD>(a, nthreads)           \
+                                 : run<uint16_t, DD>(a, nthreads);
+  if (dtype != 0 && dtype != 1) return -2;
+  MEDHA_CASE(64)
+  MEDHA_CASE(128)
+  MEDHA_CASE(32)
+  MEDHA_CASE(96)
+  MEDHA_CASE(256)
+#undef MEDHA_CASE
+  return -3;
+}
+}
