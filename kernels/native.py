@@ -34,6 +34,7 @@ from .metadata import ShardMetadata, check_attention_args
 _SRC = Path(__file__).with_name("csrc") / "shard_attn.cpp"
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
+_vector_width = 0  # floats per vector of the loaded build
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
@@ -89,7 +90,7 @@ def build(verbose: bool = False) -> Path:
 
 
 def _load() -> ctypes.CDLL | None:
-    global _lib, _error
+    global _lib, _error, _vector_width
     if _lib is not None or _error is not None:
         return _lib
     try:
@@ -102,6 +103,7 @@ def _load() -> ctypes.CDLL | None:
     f.argtypes = [p, i64, i64, p, i64, i64, i64, p, i64, i64, i64, p, i64, i64, p, i64,
                   p, p, p, i64, p, p, i32, i32, i32, i32, i32, i32, ctypes.c_float, i32, i32]
     f.restype = i32
+    _vector_width = int(lib.medha_vector_width())
     _lib = lib
     return _lib
 
@@ -116,8 +118,8 @@ def unavailable_reason() -> str | None:
 
 
 def vector_width() -> int:
-    lib = _load()
-    return int(lib.medha_vector_width()) if lib is not None else 0
+    _load()
+    return _vector_width
 
 
 def supports(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor) -> str | None:

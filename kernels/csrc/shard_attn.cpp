@@ -35,7 +35,6 @@ typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 constexpr int ROW_TILE = 128;   // query rows (token x GQA group) per work item
 constexpr int RB = (VW == 16) ? 4 : 2;  // rows per register block of P V
 constexpr int QR = (VW == 16) ? 8 : 4;  // rows per register block of Q K^T (x 2 key vectors)
-constexpr int ROW_PAD = 8;              // row counts are padded to a multiple of RB and QR
 constexpr float NEG_BIG = -1e30f;
 
 static inline vf vsplat(float x) { return vf{} + x; }
@@ -179,10 +178,8 @@ static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, f
     const T* src = qp + (q0 + r / group) * a.q_st + (u.kvh * group + r % group) * a.q_sh;
     for (int i = 0; i < D; ++i) qbuf[r * D + i] = to_f(src[i]) * a.scale;
   }
-  const int rows_pad = (rows + ROW_PAD - 1) / ROW_PAD * ROW_PAD;
-  for (int r = rows; r < rows_pad; ++r) std::memset(qbuf + r * D, 0, sizeof(float) * D);
-  for (int r = 0; r < rows_pad; ++r) { m[r] = -INFINITY; l[r] = 0.f; }
-  std::memset(acc, 0, sizeof(float) * rows_pad * D);
+  for (int r = 0; r < rows; ++r) { m[r] = -INFINITY; l[r] = 0.f; }
+  std::memset(acc, 0, sizeof(float) * rows * D);
   const T* kp = static_cast<const T*>(a.k);
   const T* vp = static_cast<const T*>(a.v);
   const int kv_len = a.kv_lens[u.seq];
@@ -284,12 +281,12 @@ static int run(const Args& a, int nthreads) {
       items.push_back({ui, b0, b0 + per < u.blk_end ? b0 + per : u.blk_end});
     u.nitems = int(items.size()) - u.first_item;
   }
-  const int rows_max = ((tok_tile * group + ROW_PAD - 1) / ROW_PAD) * ROW_PAD;
+  const int rows_max = tok_tile * group;
   const size_t item_floats = size_t(rows_max) * (D + 2);
   std::vector<float> part(items.size() * item_floats);
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<float> qbuf(size_t(rows_max) * D), sbuf(size_t(rows_max) * a.bs);
+    std::vector<float> qbuf(size_t(rows_max) * D), sbuf(size_t(rows_max) * a.bs), o(D);
 #pragma omp for schedule(dynamic, 1)
     for (int ii = 0; ii < int(items.size()); ++ii) {
       float* base = part.data() + ii * item_floats;
@@ -302,7 +299,6 @@ static int run(const Args& a, int nthreads) {
       const Unit& u = units[ui];
       const int rows = u.ntok * group, q0 = a.qsl[u.seq] + u.tok0;
       T* op = static_cast<T*>(a.out);
-      std::vector<float> o(D);
       for (int r = 0; r < rows; ++r) {
         float M = -INFINITY;
         for (int k = 0; k < u.nitems; ++k) {
