@@ -47,6 +47,13 @@ _BOOL_OPTS = {
     "space_sharing": "give a long prefill only part of the budget, the rest to short prefills",
     "profile": "profile the model at start-up when no cached profile matches",
 }
+# Options whose value is one of a fixed set of names: name -> (choices, help).
+_CHOICE_OPTS = {
+    "attention_backend": (("auto", "medha", "vllm"),
+        "attention kernel on CPU: 'medha' (native KV-split kernel, refuses to start when it "
+        "cannot serve the model), 'vllm' (vLLM's CPU_ATTN), 'auto' (medha where it serves "
+        "the model and measures at least as fast as CPU_ATTN on this host, else vLLM's)"),
+}
 _STR_OPTS = {
     "profile_dir": "directory of cached predictor profiles (default ~/.cache/medha-vllm/profiles)",
     "timeline_path": "append a Chrome-trace timeline of every pipeline stage's forward "
@@ -77,6 +84,8 @@ class MedhaConfig:
     profile_dir: str | None = None
     profile_time_budget_s: float = 45.0
     profile_max_context: int = 65536
+    # Attention kernel on CPU (medha_vllm/attention): auto, medha or vllm.
+    attention_backend: str = "auto"
     # Stage timeline (Chrome trace) output file; None: off.
     timeline_path: str | None = None
     # Anything the user passed that we resolved (for logging).
@@ -93,6 +102,11 @@ class MedhaConfig:
             if not isinstance(getattr(self, name), bool):
                 raise MedhaConfigError(
                     f"medha option '{name}' must be true or false, got {getattr(self, name)!r}")
+        for name, (choices, _) in _CHOICE_OPTS.items():
+            if getattr(self, name) not in choices:
+                raise MedhaConfigError(
+                    f"medha option '{name}' = {getattr(self, name)!r} is not valid: accepted "
+                    f"{', '.join(choices)}")
         for name in _STR_OPTS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
@@ -135,12 +149,20 @@ class MedhaConfig:
                                    solo_batch_time_s=max(solo, target))
 
     @staticmethod
+    def choices(name: str) -> tuple[str, ...] | None:
+        """The accepted values of a choice option, None for other options."""
+        spec = _CHOICE_OPTS.get(name)
+        return None if spec is None else spec[0]
+
+    @staticmethod
     def describe_options() -> dict[str, str]:
         """Option name -> one-line help with the accepted range (for CLI/README)."""
         out = {}
         for name, (typ, lo, hi, lo_incl, desc) in _SPECS.items():
             out[name] = f"{desc}; {_range_text(typ, lo, hi, lo_incl)}"
         out.update(_BOOL_OPTS)
+        out.update({name: f"{desc}; one of {', '.join(choices)}"
+                    for name, (choices, desc) in _CHOICE_OPTS.items()})
         out.update(_STR_OPTS)
         return out
 

@@ -27,7 +27,8 @@ logger = logging.getLogger("vllm.medha_vllm.patches")
 # Module names (relative to this package) of every patch, in apply order.
 # stage_timeline must precede cpu_pp (cpu_pp wraps the method stage_timeline
 # wraps on the parent class).
-PATCH_MODULES = ("cli_args", "parallel_layout", "stage_timeline", "cpu_pp", "ray_cpu")
+PATCH_MODULES = ("cli_args", "parallel_layout", "stage_timeline", "cpu_pp", "ray_cpu",
+                 "attention_backend")
 
 
 class PatchResult(str, enum.Enum):
@@ -110,6 +111,12 @@ def result_of(name: str) -> PatchResult | None:
 def bind(owner: object, attr: str, value: object, target: str) -> None:
     """setattr(owner, attr, value), remembering `value` as target's replacement."""
     setattr(owner, attr, value)
+    _replacements[target] = value
+
+
+def record(target: str, value: object) -> None:
+    """Remember `value` as target's replacement, for a patch that goes
+    through a vLLM registration API instead of setattr."""
     _replacements[target] = value
 
 

@@ -97,7 +97,7 @@ def _fields():
             continue
         t = f.type if not isinstance(f.type, str) else f.type
         base = {"float | None": float, "float": float, "int": int, "bool": bool,
-                "str | None": str}[t]
+                "str | None": str, "str": str}[t]
         out.append((f.name, base))
     return out
 
@@ -113,7 +113,8 @@ def add_cli_args(parser):
     helps = MedhaConfig.describe_options()
     for name, typ in _fields():
         group.add_argument(_flag(name), dest=f"medha_{name}", type=_typed(name, typ),
-                           default=None, help=helps.get(name, ""))
+                           choices=MedhaConfig.choices(name), default=None,
+                           help=helps.get(name, ""))
     return parser
 
 

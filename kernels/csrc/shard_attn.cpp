@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -166,6 +167,23 @@ static inline void pv_block(const T* V, int64_t v_st, int ntok, const float* P, 
     for (int c = 0; c < D / VW; ++c) std::memcpy(acc + rr * D + c * VW, &o[rr][c], sizeof(vf));
 }
 
+// Row tails: one register block of exactly n < NR rows (each K/V block is
+// read once per register block, so tails must not fall back to single rows).
+template <typename T, int D, int NR>
+static inline void qk_tail(int n, const T* KT, int64_t k_si, int bs, const float* q, float* S, int ldS) {
+  if constexpr (NR > 1) {
+    if (n == NR - 1) return qk_block<T, D, NR - 1>(KT, k_si, bs, q, S, ldS);
+    return qk_tail<T, D, NR - 1>(n, KT, k_si, bs, q, S, ldS);
+  }
+}
+template <typename T, int D, int NR>
+static inline void pv_tail(int n, const T* V, int64_t v_st, int ntok, const float* P, int ldS, float* acc) {
+  if constexpr (NR > 1) {
+    if (n == NR - 1) return pv_block<T, D, NR - 1>(V, v_st, ntok, P, ldS, acc);
+    return pv_tail<T, D, NR - 1>(n, V, v_st, ntok, P, ldS, acc);
+  }
+}
+
 // Work item: rows of one unit against blocks [blk0, blk1). Writes acc [rows][d], m, l.
 template <typename T, int D>
 static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, float* m, float* l,
@@ -197,7 +215,7 @@ static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, f
       if (rows - r0 >= QR)
         qk_block<T, D, QR>(KT, a.k_si, bs, qbuf + r0 * D, sbuf + r0 * ldS, ldS);
       else
-        for (int r = r0; r < rows; ++r) qk_block<T, D, 1>(KT, a.k_si, bs, qbuf + r * D, sbuf + r * ldS, ldS);
+        qk_tail<T, D, QR>(rows - r0, KT, a.k_si, bs, qbuf + r0 * D, sbuf + r0 * ldS, ldS);
     }
     // Mask: tokens past kv_len, and (causal) keys after each row's position.
     const bool full = ntok == bs && (!a.causal || sstart + t_base + bs - 1 <= u.min_pos);
@@ -237,7 +255,7 @@ static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, f
       if (rows - r0 >= RB)
         pv_block<T, D, RB>(V, a.v_st, ntok, sbuf + r0 * ldS, ldS, acc + r0 * D);
       else
-        for (int r = r0; r < rows; ++r) pv_block<T, D, 1>(V, a.v_st, ntok, sbuf + r * ldS, ldS, acc + r * D);
+        pv_tail<T, D, RB>(rows - r0, V, a.v_st, ntok, sbuf + r0 * ldS, ldS, acc + r0 * D);
     }
   }
 }
@@ -281,17 +299,21 @@ static int run(const Args& a, int nthreads) {
       items.push_back({ui, b0, b0 + per < u.blk_end ? b0 + per : u.blk_end});
     u.nitems = int(items.size()) - u.first_item;
   }
-  const int rows_max = tok_tile * group;
+  // Buffers sized by the largest unit actually present, left uninitialised
+  // (every value is written before it is read).
+  int rows_max = 1;
+  for (const Unit& u : units) rows_max = u.ntok * group > rows_max ? u.ntok * group : rows_max;
   const size_t item_floats = size_t(rows_max) * (D + 2);
-  std::vector<float> part(items.size() * item_floats);
+  std::unique_ptr<float[]> part(new float[items.size() * item_floats]);
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<float> qbuf(size_t(rows_max) * D), sbuf(size_t(rows_max) * a.bs), o(D);
+    std::unique_ptr<float[]> qbuf(new float[size_t(rows_max) * D]), sbuf(new float[size_t(rows_max) * a.bs]);
+    float o[D];
 #pragma omp for schedule(dynamic, 1)
     for (int ii = 0; ii < int(items.size()); ++ii) {
-      float* base = part.data() + ii * item_floats;
+      float* base = part.get() + ii * item_floats;
       run_item<T, D>(a, units[items[ii].unit], items[ii], base, base + rows_max * D,
-                     base + rows_max * D + rows_max, qbuf.data(), sbuf.data());
+                     base + rows_max * D + rows_max, qbuf.get(), sbuf.get());
     }
     // Merge the ranges of each unit in order and write out / lse.
 #pragma omp for schedule(static)
@@ -306,10 +328,10 @@ static int run(const Args& a, int nthreads) {
           M = mk > M ? mk : M;
         }
         float L = 0.f;
-        std::fill(o.begin(), o.end(), 0.f);
+        std::fill(o, o + D, 0.f);
         if (M != -INFINITY) {
           for (int k = 0; k < u.nitems; ++k) {
-            const float* base = part.data() + (u.first_item + k) * item_floats;
+            const float* base = part.get() + (u.first_item + k) * item_floats;
             const float mk = base[rows_max * D + r], lk = base[rows_max * D + rows_max + r];
             if (mk == -INFINITY) continue;
             const float w = std::exp(mk - M);

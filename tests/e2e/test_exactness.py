@@ -76,13 +76,19 @@ def test_server_exactness_with_small_chunks_and_preemption(smollm2_path, tmp_pat
     medha_args = common + [
         "--scheduler", "medha", "--medha-min-chunk-size", "32", "--medha-max-chunk-size", "32",
         "--medha-target-batch-time-s", "0.2", "--max-num-batched-tokens", "64",
-        "--medha-profile", "false", "--block-size", "32", "--num-gpu-blocks-override", "56"]
+        "--medha-profile", "false", "--block-size", "32", "--num-gpu-blocks-override", "56",
+        "--medha-attention-backend", "medha"]
     with VllmServer(smollm2_path, medha_args, served_name=MODEL,
                     log_path=str(tmp_path / "medha.log")) as medha:
         got = asyncio.run(run_all(medha.base_url))
         time.sleep(1.5)  # metrics snapshots are published about once a second
         text = urllib.request.urlopen(medha.base_url + "/metrics").read().decode()
     assert_same(ref, got)
+    # Medha's attention kernel served this engine (the worker says so at start-up).
+    log = (tmp_path / "medha.log").read_text()
+    assert "medha: attention on Medha's native KV-split kernel" in log, log[-3000:]
+    assert "medha: attention on Medha" not in (tmp_path / "plain.log").read_text()
+
     def count(kind):
         return float(re.search(rf'medha:preemptions_total{{engine="0",kind="{kind}"}} (\S+)', text).group(1))
 
@@ -103,10 +109,16 @@ def test_python_api_exactness_long_prompts(synthetic_path):
         line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
         results[which] = json.loads(line[len("RESULT "):])
     assert_same(results["plain"]["outputs"], results["medha"]["outputs"])
-    # The engines really ran the schedulers asked for, and Medha chunked:
-    # 17,942 prompt tokens in chunks of at most 64 tokens.
-    assert results["plain"]["engine"] == {
-        "scheduler_cls": "vllm.v1.core.sched.scheduler.Scheduler"}
+    # The engines really ran the schedulers and kernels asked for, and Medha
+    # chunked: 23,942 prompt tokens in chunks of at most 32 tokens, every
+    # attention call of it on the native kernel, none of plain vLLM's.
+    plain = results["plain"]["engine"]
+    assert plain["scheduler_cls"] == "vllm.v1.core.sched.scheduler.Scheduler"
+    assert plain["attention_calls"].get("medha", 0) == 0 and plain["attention_calls"]["vllm"] > 0, plain
     medha = results["medha"]["engine"]
     assert medha["scheduler_cls"] == "medha_vllm.scheduler.MedhaScheduler"
-    assert medha["medha_chunks"] >= 17_942 // 64, medha
+    assert medha["medha_chunks"] >= 23_942 // 32, medha
+    # The 15,000-token prompt alone takes one iteration per 32-token chunk,
+    # each a forward call of each of the 4 layers.
+    assert medha["attention_calls"]["medha"] >= 4 * (15_000 // 32), medha
+    assert medha["attention_calls"].get("vllm", 0) == 0, medha

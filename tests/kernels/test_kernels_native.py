@@ -46,15 +46,31 @@ def test_thread_count_does_not_change_the_math(threads):
     assert_states_close(got, want, *TOL[torch.float32], what=f"{threads} threads")
 
 
+# (q_lens, seq_lens, num_q_heads, num_kv_heads): a decode, a first chunk and
+# a chunk after a cached prefix; prefill chunks of 1-2048 tokens at up to 16K
+# context mixed with decodes; GQA 1, 4, 8.
+VLLM_CASES = {
+    "mixed-gqa2": ([1, 37, 256], [900, 37, 2300], 4, 2),
+    "long-gqa4": ([2048, 1, 32, 1], [16384, 16000, 9000, 3], 8, 2),
+    "gqa1": ([128, 1], [5000, 700], 2, 2),
+    "gqa8": ([64, 1, 512], [4096, 12000, 512], 8, 1),
+}
+
+
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
-def test_against_vllm_cpu_attn(dtype):
-    """Same cache written by vLLM's own writer; output equal to vLLM's CPU_ATTN kernel."""
+@pytest.mark.parametrize("case", list(VLLM_CASES))
+def test_against_vllm_cpu_attn(case, dtype):
+    """Same cache written by vLLM's own writer, scattered blocks; the metadata
+    the backend's builder makes (step_shard); output equal to vLLM's CPU_ATTN
+    kernel on the same step."""
     ops = pytest.importorskip("vllm._custom_ops", reason="vLLM (CPU build) not installed")
     if not hasattr(torch.ops._C, "cpu_attention_with_kv_cache"):
         pytest.skip("vLLM build has no CPU attention ops")
+    from medha_vllm.attention.backend import step_shard
+
     gen = torch.Generator().manual_seed(1)
-    hq, hkv, d, bs = 4, 2, 64, 128
-    q_lens, seq_lens = [1, 37, 256], [900, 37, 2300]
+    q_lens, seq_lens, hq, hkv = VLLM_CASES[case]
+    d, bs = 64, 128
     nb = sum(-(-s // bs) for s in seq_lens) + 2
     kv = torch.zeros(nb, hkv, bs, 2 * d, dtype=dtype)
     kc, vc = kv.view(nb, hkv, 2 * bs, d).chunk(2, dim=2)
@@ -76,8 +92,9 @@ def test_against_vllm_cpu_attn(dtype):
     out = torch.empty_like(q)
     md = ops.cpu_attn_get_scheduler_metadata(len(q_lens), hq, hkv, d, sl, dtype, qsl, True, -1, "vec", True)
     ops.cpu_attention_with_kv_cache(q, kc, vc, out, qsl, sl, d**-0.5, True, None, -1, table, 0.0, md, None)
+    meta = step_shard(qsl, sl, table, True)
     pos = torch.cat([torch.arange(s - n, s) for s, n in zip(seq_lens, q_lens)])
-    meta = ShardMetadata(qsl, table, sl, True, pos, torch.zeros(len(q_lens), dtype=torch.int64))
+    assert torch.equal(meta.query_positions, pos)
     key_cache, value_cache = cpu_attn_kv_views(kv, "vec")
     got, _ = native.shard_attention_native(q, key_cache, value_cache, meta)
     atol = 2e-5 if dtype == torch.float32 else 2e-2

@@ -1,0 +1,39 @@
+"""Medha's attention backend through `vllm serve`: a model the native kernel cannot serve
+(here: an fp8 KV cache) falls back to vLLM's CPU_ATTN with one INFO line saying why, and
+serves; asking for the backend explicitly on such a model stops start-up with a message
+naming the setting. (Exactness with the backend on: test_exactness.py.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from openai import OpenAI
+
+from benchmarks.harness.launch import VllmServer, free_port, vllm_executable
+
+pytestmark = pytest.mark.e2e
+COMMON = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--kv-cache-dtype", "fp8",
+          "--scheduler", "medha", "--medha-profile", "false"]
+
+
+def test_unservable_model_falls_back_with_one_info_line(synthetic_path, tmp_path):
+    log = tmp_path / "serve.log"
+    with VllmServer(synthetic_path, COMMON, served_name="m", log_path=str(log)) as srv:
+        client = OpenAI(base_url=srv.base_url + "/v1", api_key="none", max_retries=0)
+        r = client.completions.create(model="m", prompt="one two three", max_tokens=4, temperature=0)
+        assert r.usage.completion_tokens == 4
+    lines = [l for l in log.read_text().splitlines() if "medha: attention on" in l]
+    assert len(lines) == 1, lines
+    assert "vLLM's CPU_ATTN kernel" in lines[0] and "cannot serve this model: kv_cache_dtype fp8" in lines[0]
+
+
+def test_explicit_backend_on_unservable_model_refuses_at_startup(synthetic_path):
+    cmd = [vllm_executable(), "serve", synthetic_path, "--host", "127.0.0.1", "--port", str(free_port()),
+                *COMMON, "--medha-attention-backend", "medha"]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert ("--medha-attention-backend medha cannot serve this model: kv_cache_dtype fp8" in text), text[-3000:]
