@@ -25,6 +25,7 @@ batches in flight (pipeline.py) are their own modules.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -36,6 +37,7 @@ from medha_vllm import vllm_seams as seams
 from medha_vllm.config import MedhaConfig
 from medha_vllm.metrics import MedhaMetricsRecorder
 from medha_vllm.pipeline import BatchLedger
+from medha_vllm.policy.budget import budgets_for
 from medha_vllm.policy.planner import (EngineView, IterationPlan, PlannerSettings, RequestView,
                                        plan_iteration)
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor, OnlineCorrection
@@ -87,16 +89,26 @@ class MedhaScheduler(Scheduler):
         self._was_scheduled: set[str] = set()
         self.profile = StartupProfile(self, cfg)
         self.metrics.set_profile_error(self.profile.profile_error)
-        self.set_predictor(self.profile.predictor or LinearBatchPredictor())
+        self.set_predictor(self.profile.predictor or LinearBatchPredictor(),
+                           profiled=self.profile.predictor is not None)
         logger.info(
             "Medha scheduler: target batch time %.3f s (solo %.3f s), TBT SLO %.3f s, "
             "chunks %d..%d, space sharing %s (long >= %d tokens, rho_max %.2f), "
-            "pipeline stages %d", cfg.target_batch_time_s, cfg.solo_batch_time_s,
-            cfg.tbt_slo_s, cfg.min_chunk_size, cfg.max_chunk_size, cfg.space_sharing,
+            "pipeline stages %d", self.settings.target_batch_time_s, self.settings.solo_batch_time_s,
+            self.rules.tbt_slo_s, cfg.min_chunk_size, cfg.max_chunk_size, cfg.space_sharing,
             cfg.long_request_threshold, cfg.space_sharing_max_slack, self.stages)
 
-    def set_predictor(self, predictor: LinearBatchPredictor) -> None:
-        """Use `predictor` from now on (deadlines are re-derived from it)."""
+    def set_predictor(self, predictor: LinearBatchPredictor, profiled: bool = True) -> None:
+        """Use `predictor` from now on (deadlines are re-derived from it); a
+        profile of this host also sets the default budgets (policy/budget.py)."""
+        if profiled:
+            b = budgets_for(self.medha, predictor, self.max_model_len, self.medha.target_batch_time_s)
+            self.settings = dataclasses.replace(self.settings, target_batch_time_s=b.target_s,
+                                                solo_batch_time_s=b.solo_s)
+            self.rules = dataclasses.replace(self.rules, tbt_slo_s=b.tbt_slo_s)
+            self.metrics.snap.target_batch_time_s = b.target_s
+            logger.info("Medha: iteration budget %.3f s (solo %.3f s, TBT SLO %.3f s): %s",
+                        b.target_s, b.solo_s, b.tbt_slo_s, b.reason)
         self.predictor = predictor
         self.work = PrefillWork(predictor, self.settings.target_batch_time_s,
                                 self.settings.min_chunk,

@@ -34,6 +34,12 @@ def _vllm_version() -> str:
     return vllm.__version__
 
 
+def _kernel_build() -> str:
+    from medha_vllm.kernels import native
+
+    return native.library_path().name
+
+
 class StartupProfile:
     """Loads a cached predictor, or plans and drives the profiling iterations.
 
@@ -58,6 +64,8 @@ class StartupProfile:
             "pp": pc.pipeline_parallel_size, "block_size": sched.block_size,
             "token_budget": sched.max_num_scheduled_tokens, "vllm": _vllm_version(),
             "max_context": self.max_context,
+            # The attention kernels measured (the choice and the native build).
+            "attention": cfg.attention_backend, "attention_kernel": _kernel_build(),
         }
         pdir = default_profile_dir() if cfg.profile_dir is None else Path(cfg.profile_dir).expanduser()
         self.path = pdir / f"{profile_key(self.key_fields)}.json"

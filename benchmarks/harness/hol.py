@@ -98,12 +98,17 @@ def _ratio(a, b):
 
 
 def medha_target_from_log(path: Path) -> float | None:
+    """The budget the Medha server ran with: the last one it derived from
+    its profile ("Medha: iteration budget"), else the one it started with."""
     if not path.exists():
         return None
+    derived = start = None
     for line in path.read_text(errors="replace").splitlines():
-        if "Medha scheduler: target batch time" in line:
-            return float(line.split("target batch time")[1].split()[0])
-    return None
+        if "Medha: iteration budget" in line:
+            derived = float(line.split("iteration budget")[1].split()[0])
+        elif "Medha scheduler: target batch time" in line and start is None:
+            start = float(line.split("target batch time")[1].split()[0])
+    return derived if derived is not None else start
 
 
 def report(cfg: HolConfig, spec: WorkloadSpec, raw: dict, texts: dict, startup: dict) -> dict:

@@ -37,7 +37,8 @@ from vllm.v1.kv_cache_interface import CrossAttentionSpec, EncoderOnlyAttentionS
 from medha_vllm.kernels import ShardMetadata, cpu_attn_kv_views
 from medha_vllm.kernels import native
 
-from .selection import AttentionShape, BackendChoice, LayerFeatures, decide, measured_cached, refusal
+from .selection import (AttentionShape, BackendChoice, LayerFeatures, bf16_emulation_warning, decide,
+                        measured_cached, refusal)
 
 logger = init_logger(f"vllm.{__name__}")
 
@@ -97,6 +98,10 @@ def choose_for_group(builder: CPUAttentionMetadataBuilder, layer_names: list[str
         kv = torch.empty(1, shape.num_kv_heads, shape.block_size, 2 * shape.head_size, dtype=builder.dtype)
         return native.supports(q, *cpu_attn_kv_views(kv, _native_isa(shape.head_size)))
 
+    warning = bf16_emulation_warning(shape.dtype, native._cpu_flags())
+    if warning and warning not in _logged:
+        _logged.add(warning)
+        logger.warning("medha: %s", warning)
     choice = decide(option, refusal(shape, features, kernel_reason), measured_cached(shape))
     key = (choice.backend, choice.reason)
     if key not in _logged:

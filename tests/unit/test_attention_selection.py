@@ -130,3 +130,11 @@ def test_step_shard_positions_count_cached_and_computed_tokens():
     m = step_shard(qsl, torch.tensor([10, 5, 9]), torch.zeros(3, 2, dtype=torch.int32), True)
     assert m.query_positions.tolist() == [7, 8, 9, 4]
     assert m.kv_lens.dtype == torch.int32 and m.shard_start.tolist() == [0, 0, 0] and m.causal
+
+
+def test_bf16_emulation_is_named_only_where_it_is_emulated():
+    avx2 = "fpu sse2 avx avx2 fma"
+    assert "--dtype float32 is recommended" in sel.bf16_emulation_warning("bfloat16", avx2)
+    assert sel.bf16_emulation_warning("bfloat16", avx2 + " avx512f avx512_bf16") is None
+    assert sel.bf16_emulation_warning("bfloat16", avx2 + " amx_bf16 amx_tile") is None
+    assert sel.bf16_emulation_warning("float32", avx2) is None

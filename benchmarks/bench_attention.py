@@ -1,0 +1,168 @@
+"""Engine-level attention benchmark (`make bench-attention`): chunk cost at 64K context and a 64K prefill alone,
+plain vLLM (CPU_ATTN) against Medha with its attention backend, all in one run.
+
+Every side is one in-process engine (`LLM`, engine core and worker in one
+process, its real thread count) on the synthetic model, float32 by default,
+run in its own subprocess one after the other:
+
+- ``plain``: vLLM's scheduler and CPU_ATTN, `vllm serve`'s default chunking on
+  CPU (2,048 tokens a step), prefix caching on;
+- ``medha``: `--scheduler medha` with every default (start-up profile, budget,
+  ``--medha-attention-backend auto``);
+- ``medha-chunks`` / ``medha-native-chunks``: Medha with the iteration budget
+  lifted (so a 2,048-token chunk is one iteration), attention ``auto`` / forced
+  ``medha`` (native kernel on every step).
+
+TTFT: one 65,536-token prompt alone, ``max_tokens=1``. Chunk cost: after that
+prompt, requests sharing its first 63,488 tokens (a prefix-cache hit) plus a
+fresh suffix of ``c`` tokens, so one iteration computes exactly one ``c``-token
+chunk at ~64K context; its wall time / c is the per-token cost (best of
+``--repeats``). Writes benchmarks/results/attention.json.
+
+    python benchmarks/bench_attention.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+
+CONTEXT = 65536
+PREFIX = CONTEXT - 2048
+CHUNKS = (32, 2048)
+TARGETS = {"serving_chunk_cost_ratio_32_vs_2048_medha": "<= 1.25", "prefill_64k_speedup_vs_vllm": ">= 1.5"}
+SIDES = ("plain", "medha", "medha-chunks", "medha-native-chunks")
+
+
+def side_kwargs(side: str, dtype: str) -> dict:
+    from medha_vllm import SCHEDULER_CLS
+
+    kw = dict(dtype=dtype, max_model_len=CONTEXT + 64, seed=0, enable_prefix_caching=True,
+              max_num_batched_tokens=2048)
+    if side == "plain":
+        return kw
+    kw["scheduler_cls"] = SCHEDULER_CLS
+    if side == "medha":
+        kw["additional_config"] = {"medha": {}}
+        return kw
+    kw["additional_config"] = {"medha": {
+        "min_chunk_size": 32, "max_chunk_size": 2048, "target_batch_time_s": 60.0, "solo_batch_time_s": 60.0,
+        "profile": False, "attention_backend": "auto" if side == "medha-chunks" else "medha"}}
+    return kw
+
+
+def run_side(side: str, model: str, dtype: str, repeats: int) -> dict:
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import random
+
+    import torch
+    from vllm import LLM, SamplingParams
+
+    from medha_vllm.attention.backend import CALLS
+
+    rng = random.Random(0)
+    long_ids = [rng.randrange(10, 40000) for _ in range(CONTEXT)]
+    sp = SamplingParams(max_tokens=1, temperature=0.0)
+    llm = LLM(model=model, **side_kwargs(side, dtype))
+
+    def timed(ids) -> float:
+        t = time.perf_counter()
+        llm.generate([{"prompt_token_ids": ids}], sp, use_tqdm=False)
+        return time.perf_counter() - t
+
+    timed([rng.randrange(10, 40000) for _ in range(64)])  # warm-up (and Medha's start-up profile)
+    CALLS.clear()
+    out = {"side": side, "threads": torch.get_num_threads(), "ttft_64k_s": timed(long_ids),
+           "ttft_attention_calls": dict(CALLS)}
+    if side == "medha":
+        return out
+    out["us_per_token"], out["attention_calls"] = {}, {}
+    for c in CHUNKS:
+        best = float("inf")
+        CALLS.clear()
+        for r in range(repeats + 1):  # the first pass warms this shape up
+            t = timed(long_ids[:PREFIX] + [rng.randrange(10, 40000) for _ in range(c)])
+            if r:
+                best = min(best, t)
+        out["us_per_token"][c] = best / c * 1e6
+        out["attention_calls"][c] = dict(CALLS)
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sides", default=",".join(SIDES))
+    ap.add_argument("--output", default="attention.json")
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.side:  # child: one engine
+        print("RESULT " + json.dumps(run_side(a.side, a.model, a.dtype, a.repeats)), flush=True)
+        return {}
+    from common import machine, write_json
+
+    from benchmarks.harness.models import build_synthetic
+    from medha_vllm.kernels import native
+
+    model = str(build_synthetic())
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "4")}
+    sides = {}
+    for side in a.sides.split(","):
+        t = time.time()
+        proc = subprocess.run([sys.executable, __file__, "--side", side, "--model", model, "--dtype", a.dtype,
+                               "--repeats", str(a.repeats)], capture_output=True, text=True, env=env)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            raise SystemExit(f"side {side} failed (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+        sides[side] = json.loads(line[len("RESULT "):])
+        sides[side]["wall_s"] = time.time() - t
+        print(f"{side}: done in {sides[side]['wall_s']:.0f} s", flush=True)
+
+    def ratio(side):
+        s = sides.get(side)
+        return None if s is None else s["us_per_token"]["32"] / s["us_per_token"]["2048"]
+
+    out = {"model": "synthetic-llama-4l (4 q / 2 kv heads, head 64)", "dtype": a.dtype, "context": CONTEXT,
+           "isa": native.host_isa(), "sides": sides,
+           "serving_chunk_cost_ratio_32_vs_2048_vllm": ratio("plain"),
+           "serving_chunk_cost_ratio_32_vs_2048_medha": ratio("medha-chunks"),
+           "serving_chunk_cost_ratio_32_vs_2048_medha_native": ratio("medha-native-chunks")}
+    if "plain" in sides and "medha" in sides:
+        out["prefill_64k_speedup_vs_vllm"] = sides["plain"]["ttft_64k_s"] / sides["medha"]["ttft_64k_s"]
+    for side in ("medha-chunks", "medha-native-chunks"):
+        if "plain" in sides and side in sides:
+            for c in ("32", "2048"):
+                out[f"chunk_{c}_cost_vs_vllm_{side.removesuffix('-chunks').replace('-', '_')}"] = (
+                    sides[side]["us_per_token"][c] / sides["plain"]["us_per_token"][c])
+    out["targets"] = TARGETS
+    out["machine"] = machine()
+    out["command"] = "python benchmarks/bench_attention.py " + " ".join(argv or sys.argv[1:])
+    print_table(out)
+    print(f"wrote {write_json(a.output, out)}")
+    return out
+
+
+def print_table(out: dict) -> None:
+    print(f"\nsynthetic model, {out['dtype']}, context {out['context']}, ISA {out['isa']}")
+    print(f"{'side':<22} {'TTFT 64K (s)':>12} {'us/tok @32':>11} {'us/tok @2048':>13} {'32/2048':>8}")
+    for name, s in out["sides"].items():
+        per = s.get("us_per_token", {})
+        r = per["32"] / per["2048"] if per else None
+        print(f"{name:<22} {s['ttft_64k_s']:>12.1f} {per.get('32', float('nan')):>11.1f} "
+              f"{per.get('2048', float('nan')):>13.1f} {r if r is not None else float('nan'):>8.2f}")
+    for k, v in out.items():
+        if isinstance(v, float):
+            print(f"{k}: {v:.3f}" + (f"  (target {out['targets'][k]})" if k in out["targets"] else ""))
+
+
+if __name__ == "__main__":
+    main()
