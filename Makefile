@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-spp bench clean
+.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-attention bench-spp bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -42,6 +42,9 @@ bench-kernels: setup
 
 bench-attention-kernel: setup
 	@$(PY) benchmarks/bench_attention_kernel.py
+
+bench-attention: models
+	@$(PY) benchmarks/bench_attention.py
 
 bench-spp: models
 	@$(PY) benchmarks/bench_spp.py
