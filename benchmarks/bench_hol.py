@@ -21,7 +21,7 @@ from benchmarks.harness.workload import default_trace_path  # noqa: E402
 TARGETS = {"short_ttft_p50_speedup": ">= 30", "short_ttft_p90_speedup": ">= 100",
            "short_ttft_p50_speedup_vs_chunked": ">= 4", "tbt_p99_speedup_vs_chunked": ">= 4",
            "tbt_p99_over_target": "<= 1.5", "short_isolation_p50": "<= 2.0",
-           "long_ttft_ratio": "<= 1.25", "long_ttft_ratio_vs_chunked": "<= 1.1",
+           "long_ttft_ratio": "<= 1.0", "long_ttft_ratio_vs_chunked": "<= 0.9",
            "outputs_identical": "true"}
 
 

@@ -27,9 +27,16 @@ def test_efficient_chunk_is_the_smallest_within_the_efficiency_bound():
     assert efficient_chunk(SLOW_FIXED, 4096, 32, 4096) == 32
 
 
-def test_slow_host_raises_the_budget_to_fit_that_chunk():
-    d = derive_target(SLOW, 65536, 32, 4096, 0.15)
-    assert d.efficient_chunk == 256
+def test_slow_host_raises_the_budget_to_fit_the_smallest_chunk():
+    d = derive_target(SLOW, 65536, 32, 4096, 0.05)
+    assert d.chunk == 32 and d.target_s == pytest.approx(0.032 + 65536 / 1e6)
+    assert "raised from the platform default 0.050 s" in d.reason and "would be 256 tokens" in d.reason
+    assert derive_target(SLOW, 65536, 32, 4096, 0.15).target_s == 0.15
+
+
+def test_efficient_rule_raises_the_budget_to_fit_that_chunk():
+    d = derive_target(SLOW, 65536, 32, 4096, 0.15, fit="efficient")
+    assert d.chunk == 256
     assert d.target_s == pytest.approx(0.256 + 65536 / 1e6)
     assert "raised from the platform default 0.150 s" in d.reason and "256-token chunk" in d.reason
 
@@ -47,8 +54,8 @@ def test_fast_host_keeps_the_platform_default():
 
 def test_solo_and_tbt_follow_unless_set_and_a_user_target_wins():
     cfg = MedhaConfig().resolve(on_gpu=False)
-    b = budgets_for(cfg, SLOW, 65536, cfg.target_batch_time_s)
-    assert b.target_s == pytest.approx(0.321536) and b.solo_s == pytest.approx(8 * b.target_s)
+    b = budgets_for(cfg, SLOW, 65536, 0.05)
+    assert b.target_s == pytest.approx(0.097536) and b.solo_s == pytest.approx(8 * b.target_s)
     assert b.tbt_slo_s == pytest.approx(1.5 * b.target_s)
     cfg = MedhaConfig.from_dict({"target_batch_time_s": 0.2, "tbt_slo_s": 0.5}).resolve(on_gpu=False)
     b = budgets_for(cfg, SLOW, 65536, cfg.target_batch_time_s)
