@@ -30,6 +30,10 @@ def server(smollm2_path, profile_dir, tmp_path_factory):
         # Eager: compilation is not this module's subject (make demo serves compiled).
         "--scheduler", "medha", "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager",
         "--medha-profile-dir", profile_dir, "--medha-profile-max-context", "2048",
+        # The budget pinned: a derived one follows each fresh (noisy) profile,
+        # and with a 2 s solo budget the disconnect test's prefill can end
+        # between two /metrics polls.
+        "--medha-target-batch-time-s", "0.15",
     ], served_name=MODEL, log_path=str(log))
     with srv:
         yield srv
