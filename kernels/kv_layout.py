@@ -43,6 +43,12 @@ def split_stacked_kv_cache(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.
     return kv_cache[0], kv_cache[1]
 
 
+def cpu_attn_native_isa(head_size: int) -> str:
+    """The CPU_ATTN cache packing the native kernel reads for this head size
+    (vLLM's own rule for non-AMX hosts: vec16 when head_size % 32 != 0)."""
+    return "vec" if head_size % 32 == 0 else "vec16"
+
+
 def cpu_attn_kv_views(kv_cache: torch.Tensor, isa: str = "vec") -> tuple[torch.Tensor, torch.Tensor]:
     """vLLM CPU backend cache -> (K, V) logical NHD views, no copy.
 

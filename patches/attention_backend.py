@@ -26,10 +26,10 @@ Remove when: vLLM's CPU platform lets a plugin select an attention backend by na
 
 from __future__ import annotations
 
+from medha_vllm.attention import BACKEND_PATH
 from medha_vllm.patches import PatchResult, PatchSpec, apply_patch, logger, record
 
 TARGET = "vllm.v1.attention.backends.registry.AttentionBackendEnum.CPU_ATTN"
-BACKEND_PATH = "medha_vllm.attention.backend.MedhaCPUAttentionBackend"
 
 SPEC = PatchSpec(
     name="attention_backend",

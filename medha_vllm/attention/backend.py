@@ -32,9 +32,9 @@ from vllm.v1.attention.backends.cpu_attn import (
     CPUAttentionMetadata,
     CPUAttentionMetadataBuilder,
 )
-from vllm.v1.kv_cache_interface import CrossAttentionSpec, EncoderOnlyAttentionSpec
 
 from medha_vllm.kernels import ShardMetadata, cpu_attn_kv_views
+from medha_vllm.kernels.kv_layout import cpu_attn_native_isa
 from medha_vllm.kernels import native
 
 from .selection import (AttentionShape, BackendChoice, LayerFeatures, bf16_emulation_warning, decide,
@@ -61,10 +61,6 @@ def medha_selected(vllm_config) -> bool:
     return False
 
 
-def _native_isa(head_size: int) -> str:
-    return "vec" if head_size % 32 == 0 else "vec16"
-
-
 def choose_for_group(builder: CPUAttentionMetadataBuilder, layer_names: list[str]) -> BackendChoice:
     """Run the selection policy for one KV-cache group of this worker."""
     config = builder.vllm_config
@@ -80,7 +76,6 @@ def choose_for_group(builder: CPUAttentionMetadataBuilder, layer_names: list[str
         softcap=any(bool(getattr(i, "logits_soft_cap", 0)) for i in impls),
         sinks=any(getattr(i, "sinks", None) is not None for i in impls),
         non_decoder=builder.is_cross_attention or builder.is_encoder_only_attention
-        or isinstance(builder.kv_cache_spec, (CrossAttentionSpec, EncoderOnlyAttentionSpec))
         or any(getattr(i, "attn_type", AttentionType.DECODER) != AttentionType.DECODER for i in impls))
     shape = AttentionShape(
         num_heads=builder.num_heads, num_kv_heads=builder.num_kv_heads, head_size=builder.head_dim,
@@ -89,14 +84,12 @@ def choose_for_group(builder: CPUAttentionMetadataBuilder, layer_names: list[str
         context=int(config.model_config.max_model_len))
 
     def kernel_reason() -> str | None:
-        if builder.dtype not in native.DTYPES:
-            return f"dtype {builder.dtype}"
         if not native.available():
             return f"the native kernel is unavailable ({native.unavailable_reason()})"
         # supports() checks head size and block alignment on tensors of this shape.
         q = torch.empty(1, shape.num_heads, shape.head_size, dtype=builder.dtype)
         kv = torch.empty(1, shape.num_kv_heads, shape.block_size, 2 * shape.head_size, dtype=builder.dtype)
-        return native.supports(q, *cpu_attn_kv_views(kv, _native_isa(shape.head_size)))
+        return native.supports(q, *cpu_attn_kv_views(kv, cpu_attn_native_isa(shape.head_size)))
 
     warning = bf16_emulation_warning(shape.dtype, native._cpu_flags())
     if warning and warning not in _logged:
@@ -142,7 +135,7 @@ class MedhaCPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
         if self.choice.backend == "medha":
             # NOTE(medha): vLLM's writer packs the cache for self.isa; the
             # native kernel reads the vec/vec16 packing.
-            self.isa = _native_isa(self.head_dim)
+            self.isa = cpu_attn_native_isa(self.head_dim)
             self._set_isa_to_layers(layer_names)
 
     def build(self, common_prefix_len, common_attn_metadata, fast_build=False):

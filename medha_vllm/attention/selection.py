@@ -190,6 +190,7 @@ def measure(shape: AttentionShape, repeats: int = 3) -> dict:
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
     from medha_vllm.kernels import ShardMetadata, cpu_attn_kv_views
+    from medha_vllm.kernels.kv_layout import cpu_attn_native_isa
     from medha_vllm.kernels.native import shard_attention_native
 
     dtype = getattr(torch, shape.dtype)
@@ -202,7 +203,7 @@ def measure(shape: AttentionShape, repeats: int = 3) -> dict:
     v = torch.randn(top, hkv, d, generator=gen).to(dtype)
     bt = torch.arange(nb, dtype=torch.int32)[None]
     vllm_isa = _get_attn_isa(dtype, bs, d, shape.kv_cache_dtype)
-    native_isa = "vec" if d % 32 == 0 else "vec16"
+    native_isa = cpu_attn_native_isa(d)
     if vllm_isa == "amx":
         # Linux hands out AMX tile state on request only; the worker's first
         # AMX kernel may not have run yet.
