@@ -30,6 +30,10 @@ _SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
         "TTFT deadline = max(multiplier x predicted standalone prefill time, floor)"),
     "ttft_deadline_floor_s": (float, 0.0, 86400.0, True,
         "lower bound of the length-aware TTFT deadline (s)"),
+    "min_request_deadline_s": (float, 0.0, 86400.0, True,
+        "lowest TTFT deadline a client may declare in vllm_xargs (s); a smaller one is raised "
+        "to it; default: the request's own length-aware deadline (clients may relax their "
+        "deadline, not tighten it); 0 trusts every positive client deadline"),
     "min_chunk_size": (int, 1, 1 << 20, True,
         "smallest prefill chunk (tokens); also the step of the chunk-size grid"),
     "max_chunk_size": (int, 1, 1 << 22, True,
@@ -46,6 +50,8 @@ _SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
 _BOOL_OPTS = {
     "space_sharing": "give a long prefill only part of the budget, the rest to short prefills",
     "profile": "profile the model at start-up when no cached profile matches",
+    "client_slos": "honour per-request deadlines clients declare in vllm_xargs "
+                   "(ttft_deadline_s, tbt_deadline_s); false: every request gets the defaults",
 }
 # Options whose value is one of a fixed set of names: name -> (choices, help).
 _CHOICE_OPTS = {
@@ -72,6 +78,11 @@ class MedhaConfig:
     # Length-aware TTFT deadline: max(multiplier x standalone prefill, floor).
     ttft_deadline_multiplier: float = 1.5
     ttft_deadline_floor_s: float = 0.5
+    # Client-declared deadlines (vllm_xargs): honoured at all, and the lowest
+    # TTFT deadline a client may declare (None: its own length-aware
+    # deadline; see policy.work.DeadlineRules).
+    client_slos: bool = True
+    min_request_deadline_s: float | None = None
     # Chunk-size grid for the adaptive chunk search.
     min_chunk_size: int = 32
     max_chunk_size: int = 4096
@@ -95,7 +106,7 @@ class MedhaConfig:
         for name, (typ, lo, hi, lo_incl, desc) in _SPECS.items():
             value = getattr(self, name)
             if value is None and name in ("target_batch_time_s", "tbt_slo_s",
-                                          "solo_batch_time_s"):
+                                          "solo_batch_time_s", "min_request_deadline_s"):
                 continue
             _check_number(name, value, typ, lo, hi, lo_incl)
         for name in _BOOL_OPTS:

@@ -70,6 +70,9 @@ class MedhaSnapshot:
     # Requests the engine finished because they were aborted (client
     # disconnects, API aborts), start-up profile requests excluded.
     aborted_requests: int = 0
+    # Requests whose declared TTFT deadline (vllm_xargs) was below the client
+    # floor and was raised to it (config: min_request_deadline_s).
+    floored_deadlines: int = 0
 
 
 class MedhaMetricsRecorder:
@@ -79,6 +82,7 @@ class MedhaMetricsRecorder:
         self.snap = MedhaSnapshot(target_batch_time_s=target_s)
         self._errors: list[float] = []
         self._missed: set[str] = set()
+        self._floored: set[str] = set()
         self._interval = flush_interval_s
         self._last_flush = 0.0
         self.path = os.path.join(metrics_dir(), f"engine-{os.getppid()}-{os.getpid()}.json")
@@ -101,6 +105,12 @@ class MedhaMetricsRecorder:
     def count_abort(self) -> None:
         self.snap.aborted_requests += 1
 
+    def count_floored_deadline(self, req_id: str) -> None:
+        if req_id in self._floored:
+            return  # slack states are rebuilt when the predictor changes
+        self._floored.add(req_id)
+        self.snap.floored_deadlines += 1
+
     def count_miss(self, req_id: str, kind: str) -> None:
         if req_id in self._missed:
             return
@@ -109,6 +119,7 @@ class MedhaMetricsRecorder:
 
     def forget(self, req_id: str) -> None:
         self._missed.discard(req_id)
+        self._floored.discard(req_id)
 
     def set_profile_error(self, err: float | None) -> None:
         if err is not None:
@@ -169,7 +180,11 @@ class _SnapshotCollector:
         tgt = GaugeMetricFamily("medha:target_batch_time_seconds", "Iteration time budget", labels=["engine"])
         abo = CounterMetricFamily("medha:aborted_requests", "Requests the engine finished by abort "
                                   "(client disconnects, API aborts)", labels=["engine"])
+        flo = CounterMetricFamily("medha:floored_deadlines", "Requests whose declared TTFT "
+                                  "deadline was below the client floor and was raised to it",
+                                  labels=["engine"])
         for i, s in enumerate(snaps):
+            flo.add_metric([str(i)], s.get("floored_deadlines", 0))
             for kind, v in s["preemptions"].items():
                 pre.add_metric([str(i), kind], v)
             for kind, v in s["deadline_misses"].items():
@@ -178,7 +193,7 @@ class _SnapshotCollector:
             err.add_metric([str(i), "profile"], s["predictor_profile_error"])
             tgt.add_metric([str(i)], s["target_batch_time_s"])
             abo.add_metric([str(i)], s.get("aborted_requests", 0))
-        yield from (pre, miss, err, tgt, abo)
+        yield from (pre, miss, err, tgt, abo, flo)
 
 
 _collector_registered = False

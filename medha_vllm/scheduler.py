@@ -83,7 +83,7 @@ class MedhaScheduler(Scheduler):
             space_sharing=cfg.space_sharing, long_request_threshold=cfg.long_request_threshold,
             rho_max=cfg.space_sharing_max_slack)
         self.rules = DeadlineRules(cfg.ttft_deadline_multiplier, cfg.ttft_deadline_floor_s,
-                                   cfg.tbt_slo_s)
+                                   cfg.tbt_slo_s, cfg.client_slos, cfg.min_request_deadline_s)
         self.slo = SloBook(self._new_slack_state, self.metrics.count_miss)
         self.last_plan: IterationPlan | None = None
         self._was_scheduled: set[str] = set()
@@ -119,8 +119,13 @@ class MedhaScheduler(Scheduler):
     def _new_slack_state(self, request):
         sp = request.sampling_params
         ttft, tbt = requested_deadlines(request.request_id, sp.extra_args if sp else None)
-        return self.work.new_slack_state(request.arrival_time, request.num_prompt_tokens,
-                                         self.rules, ttft, tbt, request.priority)
+        st = self.work.new_slack_state(request.arrival_time, request.num_prompt_tokens,
+                                       self.rules, ttft, tbt, request.priority)
+        if st.floored:
+            self.metrics.count_floored_deadline(request.request_id)
+            logger.debug("Medha: request %s: declared TTFT deadline %.3f s raised to the "
+                         "client floor %.3f s", request.request_id, ttft, st.ttft_deadline_s)
+        return st
 
     def has_requests(self) -> bool:
         if self.profile.active:

@@ -13,8 +13,12 @@ How:       add an argument group "Medha" (`--scheduler {vllm,medha}` and one
            the option's range); in from_cli_args, map `--scheduler medha` to
            `scheduler_cls=medha_vllm.scheduler.MedhaScheduler` and merge the flags into
            `additional_config["medha"]` (validated as a whole; a bad value exits with a
-           message naming the option and its accepted range). With neither flag used,
-           both wrappers defer to the originals unchanged.
+           message naming the option and its accepted range), and add Medha's
+           `vllm_xargs` validator (medha_vllm/slo_door.py) to `logits_processors` so
+           that a bad per-request deadline is an HTTP 400 at the door (not with
+           speculative decoding, which refuses custom logits processors: the engine's
+           own check then applies). With neither flag used, both wrappers defer to the
+           originals unchanged.
 Upstream:  RFC vllm-project/vllm#51608 (extensible scheduler plugin framework).
 Remove when: vLLM offers a registered scheduler name (e.g. a `--scheduler` choice
            or a plugin hook to add engine CLI arguments); the feature probe below
@@ -138,6 +142,7 @@ def from_cli_args(cls, args: argparse.Namespace):
         section.update(medha_opts)
         extra["medha"] = section
         args.additional_config = extra
+        _add_slo_validator(args)
     extra = getattr(args, "additional_config", None)
     if isinstance(extra, dict) and "medha" in extra:
         try:
@@ -145,6 +150,19 @@ def from_cli_args(cls, args: argparse.Namespace):
         except MedhaConfigError as e:
             _fail(str(e))
     return _ORIG["from_cli_args"].__func__(cls, args)
+
+
+def _add_slo_validator(args: argparse.Namespace) -> None:
+    from medha_vllm.slo_door import VALIDATOR_FQCN
+
+    if getattr(args, "speculative_config", None):
+        logger.info("Medha: vllm_xargs deadlines are not checked at the door with "
+                    "speculative decoding (it refuses custom logits processors); the "
+                    "engine replaces an invalid one by the default")
+        return
+    procs = list(getattr(args, "logits_processors", None) or [])
+    if VALIDATOR_FQCN not in procs:
+        args.logits_processors = procs + [VALIDATOR_FQCN]
 
 
 def _fail(msg: str):

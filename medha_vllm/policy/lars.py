@@ -29,6 +29,8 @@ class SlackState:
     tbt_deadline_s: float
     # User priority class (vLLM's `priority`, lower first); LARS orders within a class.
     user_priority: int = 0
+    # The client declared a TTFT deadline below its floor and it was raised.
+    floored: bool = False
 
 
 def length_aware_ttft_deadline(standalone_prefill_s: float, multiplier: float,

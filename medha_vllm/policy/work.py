@@ -24,6 +24,22 @@ class DeadlineRules:
     ttft_floor_s: float = 0.5
     # Default deadline between consecutive output tokens (s).
     tbt_slo_s: float = 0.075
+    # Trust in client-declared deadlines (vllm_xargs). Off: ignored. On: a
+    # declared TTFT deadline is raised to at least `client_ttft_floor_s`
+    # seconds or, when that is None (the default), to the request's own
+    # length-aware deadline: a client may relax its deadline (a batch job
+    # that can wait), never tighten it past what the server would give it,
+    # so a tiny deadline cannot jump the queue. An operator who trusts its
+    # clients sets an absolute floor (0: any positive deadline is honoured).
+    client_slos: bool = True
+    client_ttft_floor_s: float | None = None
+
+    def client_ttft_floor(self, standalone_prefill_s: float) -> float:
+        """Lowest TTFT deadline a client may declare for this prompt."""
+        if self.client_ttft_floor_s is not None:
+            return self.client_ttft_floor_s
+        return length_aware_ttft_deadline(standalone_prefill_s, self.ttft_multiplier,
+                                          self.ttft_floor_s)
 
 
 class PrefillWork:
@@ -61,10 +77,16 @@ class PrefillWork:
                         tbt_deadline_s: float | None = None,
                         user_priority: int = 0) -> SlackState:
         """Slack state of a new request: its own deadlines when it gave valid
-        ones, else the length-aware TTFT deadline and the default TBT SLO."""
+        ones the rules trust (a TTFT deadline raised to the client floor),
+        else the length-aware TTFT deadline and the default TBT SLO."""
         total = self.standalone(prompt_tokens)
-        ttft = ttft_deadline_s if ttft_deadline_s is not None else length_aware_ttft_deadline(
-            total, rules.ttft_multiplier, rules.ttft_floor_s)
+        if not rules.client_slos:
+            ttft_deadline_s = tbt_deadline_s = None
+        if ttft_deadline_s is None:
+            ttft = length_aware_ttft_deadline(total, rules.ttft_multiplier, rules.ttft_floor_s)
+        else:
+            ttft = max(ttft_deadline_s, rules.client_ttft_floor(total))
         tbt = tbt_deadline_s if tbt_deadline_s is not None else rules.tbt_slo_s
         return SlackState(arrival=arrival, ttft_deadline_s=ttft, total_work_s=total,
-                          tbt_deadline_s=tbt, user_priority=user_priority)
+                          tbt_deadline_s=tbt, user_priority=user_priority,
+                          floored=ttft_deadline_s is not None and ttft > ttft_deadline_s)

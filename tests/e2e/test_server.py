@@ -1,9 +1,13 @@
 """`vllm serve MODEL --scheduler medha` on loopback, driven by real clients:
 the OpenAI Python SDK (streaming and not), `vllm bench serve`, Prometheus
-`/metrics`, a client that disconnects mid-prefill, a prompt that is too long."""
+`/metrics` and the Grafana dashboard's queries against it, a client that
+disconnects mid-prefill, a prompt that is too long, invalid per-request
+deadlines refused at the door."""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import subprocess
 import threading
@@ -68,6 +72,51 @@ def test_per_request_slo_fields_and_priority(client):
                                   extra_body={"vllm_xargs": {"ttft_deadline_s": 30, "tbt_deadline_s": 5},
                                               "priority": 1})
     assert r.choices[0].text is not None and r.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("field,value", [
+    ("ttft_deadline_s", -1), ("ttft_deadline_s", 0), ("ttft_deadline_s", "soon"),
+    ("ttft_deadline_s", math.nan), ("ttft_deadline_s", math.inf), ("tbt_deadline_s", -0.5),
+    ("tbt_deadline_s", "fast")])
+def test_invalid_deadline_is_http_400_naming_the_field(server, field, value):
+    # Raw JSON (Python's json writes NaN and Infinity, which the server parses).
+    body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 2,
+                       "vllm_xargs": {field: value}})
+    r = httpx.post(server.base_url + "/v1/completions", content=body,
+                   headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert f"vllm_xargs.{field}" in r.json()["error"]["message"], r.text
+    # Refused at the door: the engine's own check (which would log and serve
+    # the request with the default deadline) never saw it.
+    assert f"vllm_xargs {field}=" not in Path(server.log_path).read_text()
+
+
+def test_tiny_client_deadline_is_raised_to_the_floor(server, client):
+    text = metrics(server)
+    before = gauge(text, "medha:floored_deadlines_total")
+    r = client.completions.create(model=MODEL, prompt="Hello there", max_tokens=2, temperature=0,
+                                  extra_body={"vllm_xargs": {"ttft_deadline_s": 0.001}})
+    assert r.usage.completion_tokens == 2
+    deadline = time.time() + 10
+    while time.time() < deadline and gauge(metrics(server), "medha:floored_deadlines_total") == before:
+        time.sleep(0.3)
+    assert gauge(metrics(server), "medha:floored_deadlines_total") == before + 1
+
+
+def test_grafana_dashboard_queries_name_live_series(server, client):
+    client.completions.create(model=MODEL, prompt="Count: " * 50, max_tokens=4, temperature=0)
+    time.sleep(1.5)
+    text = metrics(server)
+    dash = json.loads((Path(__file__).parents[2] / "examples/observability/medha-grafana.json")
+                      .read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    names = {m for e in exprs for m in re.findall(r"\b((?:medha|vllm):[A-Za-z0-9_:]+)", e)}
+    assert {n for n in names if n.startswith("medha:")} >= {
+        "medha:chunk_size_tokens_bucket", "medha:relative_slack_bucket",
+        "medha:deadline_misses_total", "medha:preemptions_total", "medha:predictor_error_ratio",
+        "medha:iteration_time_seconds_bucket", "medha:target_batch_time_seconds"}
+    missing = [n for n in sorted(names) if not re.search(rf"^{re.escape(n)}[{{ ]", text, re.M)]
+    assert not missing, f"dashboard queries series absent from /metrics: {missing}"
 
 
 def test_metrics_has_medha_and_vllm_series(server, client):

@@ -47,7 +47,9 @@ def make_scheduler(model: str, *, medha: dict | None = None, cls=None, num_block
     from medha_vllm.scheduler import MedhaScheduler
 
     cls = cls or MedhaScheduler
-    opts = {"profile": False, **(medha or {})}
+    # The tables set urgency through declared deadlines, so the client is
+    # trusted (floor 0) unless a test asks for the default floor.
+    opts = {"profile": False, "min_request_deadline_s": 0.0, **(medha or {})}
     ea = EngineArgs(model=model, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                     max_num_batched_tokens=token_budget, enable_prefix_caching=prefix_caching,
                     block_size=block_size, pipeline_parallel_size=pp,

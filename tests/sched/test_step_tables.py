@@ -210,3 +210,47 @@ def test_disconnect_mid_prefill_returns_every_block(synthetic_path):
     d.run()
     assert [r.run for r in d.rows[3:]] == [{"s": 100}, {}]
     assert pool.get_num_free_blocks() == free0
+
+
+def greedy_client_run(model, greedy_deadline, medha=None):
+    """`first` (2,000 tokens, no declared deadline, so 1.5 x 2 s = 3 s) at
+    t=0; `second` (the same size) at t=0.5, declaring `greedy_deadline`."""
+    s = scheduler(model, medha=medha)
+    d = Driver(s, MS_PER_TOKEN.predict, [
+        make_request("first", 2000, 0.0),
+        make_request("second", 2000, 0.5, ttft_deadline_s=greedy_deadline)])
+    d.run()
+    return d
+
+
+@pytest.mark.parametrize("declared", [1e-3, 0.5, 2.9])
+def test_tiny_client_deadline_buys_nothing_by_default(synthetic_path, declared):
+    # Default floor (min_request_deadline_s unset): a declared TTFT deadline
+    # below the request's own length-aware one (3 s) is raised to it, so the
+    # step table is exactly that of a request that declared nothing.
+    default = {"min_request_deadline_s": None}
+    greedy = greedy_client_run(synthetic_path, declared, default)
+    honest = greedy_client_run(synthetic_path, None, default)
+    assert compress(greedy.rows) == compress(honest.rows)
+    assert greedy.first_token == honest.first_token
+    assert greedy.sched.metrics.snap.floored_deadlines == 1
+    assert honest.sched.metrics.snap.floored_deadlines == 0
+
+
+def test_trusted_client_deadline_jumps_and_relaxed_one_yields(synthetic_path):
+    honest = greedy_client_run(synthetic_path, None, {"min_request_deadline_s": None})
+    # An operator floor of 0 trusts the client: `second` runs alone from its
+    # arrival, `first` paused until it is done.
+    trusted = greedy_client_run(synthetic_path, 1e-3, {"min_request_deadline_s": 0.0})
+    assert trusted.first_token["second"] < trusted.first_token["first"]
+    assert honest.first_token["first"] < honest.first_token["second"]
+    assert trusted.sched.metrics.snap.floored_deadlines == 0
+    # A relaxed deadline (a batch job) is honoured under the default floor:
+    # `second` yields to `first` until `first` is done.
+    relaxed = greedy_client_run(synthetic_path, 1000.0, {"min_request_deadline_s": None})
+    assert all("second" not in r.run for r in relaxed.rows
+               if r.t < relaxed.first_token["first"] - 1e-9)
+    # Client SLOs off: the tiny deadline is ignored altogether.
+    off = greedy_client_run(synthetic_path, 1e-3, {"min_request_deadline_s": 0.0,
+                                                   "client_slos": False})
+    assert compress(off.rows) == compress(honest.rows)

@@ -199,8 +199,14 @@ def test_scheduler_medha_flag_maps_to_class_and_config(smollm2_path):
                  "--additional-config", '{"medha": {"min_chunk_size": 64}}'], smollm2_path)
     assert ea.scheduler_cls == SCHEDULER_CLS
     assert ea.additional_config["medha"] == {"min_chunk_size": 64, "target_batch_time_s": 0.2}
+    # Medha's vllm_xargs check joins vLLM's logits processors (after the user's).
+    from medha_vllm.slo_door import VALIDATOR_FQCN
+    assert ea.logits_processors == [VALIDATOR_FQCN]
+    own = _parse(["--scheduler", "medha", "--logits-processors", "my.Proc"], smollm2_path)
+    assert own.logits_processors == ["my.Proc", VALIDATOR_FQCN]
     plain = _parse([], smollm2_path)
     assert plain.scheduler_cls in (None, "") or "medha" not in str(plain.scheduler_cls)
+    assert not plain.logits_processors
 
 
 @pytest.mark.parametrize("argv, words", [
