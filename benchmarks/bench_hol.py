@@ -6,7 +6,6 @@ and hol_ttft_cdf.png and prints a table. See medha_vllm/hol.py."""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from common import RESULTS, machine, write_json  # noqa: E402
 
-from benchmarks.harness.hol import HolConfig, print_table, run_hol  # noqa: E402
+from benchmarks.harness.hol import HolConfig, plot_cdf, print_table, run_hol  # noqa: E402
 from benchmarks.harness.models import build_synthetic  # noqa: E402
 from benchmarks.harness.workload import default_trace_path  # noqa: E402
 
@@ -52,30 +51,6 @@ def main(argv=None) -> dict:
     plot_cdf(out, RESULTS / (Path(a.output).stem + "_ttft_cdf.png"))
     print(f"wrote {path}")
     return out
-
-
-def plot_cdf(out: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no CDF plot")
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, s in out["servers"].items():
-        xs = [x for x in s["short_ttft_all_s"] if not math.isnan(x)]
-        if xs:
-            ax.step(xs, [(k + 1) / len(xs) for k in range(len(xs))], where="post", label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("short-request TTFT (s, log scale)")
-    ax.set_ylabel("CDF")
-    ax.set_title("Short requests behind a long prefill")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,12 @@
 3. Replays a long/short mix (short requests from the Azure trace plus one long
    prompt) against plain vLLM and against Medha on the synthetic model, and
    prints the side-by-side table.
+4. Names the pictures to open: the short requests' TTFT CDF (PNG) and Medha's
+   stage timeline (Chrome trace: open it in https://ui.perfetto.dev).
+
+Every server runs eager (`--enforce-eager`, both sides alike): on 2 cores a
+torch.compile of each new server configuration costs minutes on a fresh
+machine, which is not what the demo is about.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmark harness
 
-from benchmarks.harness.hol import HolConfig, print_table, run_hol
+from benchmarks.harness.hol import HolConfig, plot_cdf, print_table, run_hol
 from benchmarks.harness.launch import VllmServer
 from benchmarks.harness.models import build_smollm2, build_synthetic
 from benchmarks.harness.workload import default_trace_path
@@ -28,7 +34,7 @@ def chat(model_path: str) -> None:
     from openai import OpenAI
 
     args = ["--scheduler", "medha", "--dtype", "float32", "--max-model-len", "4096",
-            "--medha-profile-max-context", "2048"]
+            "--medha-profile-max-context", "2048", "--enforce-eager"]
     print(f"   vllm serve {model_path} {' '.join(args)}", flush=True)
     t0 = time.time()
     with VllmServer(model_path, args, served_name="smollm2",
@@ -50,24 +56,37 @@ def main(argv=None) -> None:
     ap.add_argument("--window-s", type=float, default=30.0)
     a = ap.parse_args(argv)
     t0 = time.time()
-    print("[1/3] building the built-in models (cached after the first run)", flush=True)
+    print("[1/4] building the built-in models (cached after the first run)", flush=True)
     smol, synth = str(build_smollm2()), str(build_synthetic())
     print(f"   {smol}\n   {synth}", flush=True)
-    print("[2/3] a real chat answer from SmolLM2-135M-Instruct served with --scheduler medha",
+    print("[2/4] a real chat answer from SmolLM2-135M-Instruct served with --scheduler medha",
           flush=True)
     chat(smol)
-    print(f"[3/3] long/short mix on the synthetic model: {a.num_short} short requests from the "
+    print(f"[3/4] long/short mix on the synthetic model: {a.num_short} short requests from the "
           f"Azure trace over {a.window_s:.0f} s plus one {a.long_tokens}-token prompt, "
           "plain vLLM vs Medha", flush=True)
+    logs = Path("/tmp/medha-demo-logs")
+    timeline = logs / "medha_timeline.json"
+    logs.mkdir(parents=True, exist_ok=True)
+    timeline.unlink(missing_ok=True)
     cfg = HolConfig(model=synth, trace=str(default_trace_path()), long_tokens=a.long_tokens,
                     num_short=a.num_short, window_s=a.window_s, servers=("plain", "medha"),
-                    log_dir=Path("/tmp/medha-demo-logs"))
+                    log_dir=logs, common_args=["--enforce-eager"],
+                    medha_args=["--medha-timeline-path", str(timeline)])
     out = run_hol(cfg)
     print_table(out)
     w = out["workload"]
     print(f"\n   workload: seed {w['seed']}, time scale {w['time_scale']:.2f}, prompts capped at "
           f"{w['max_prompt_tokens']} tokens, outputs at {w['max_output_tokens']}; server logs in "
           f"{cfg.log_dir}")
+    png = logs / "ttft_cdf.png"
+    plot_cdf(out, png)
+    print("[4/4] pictures to open")
+    if png.exists():
+        print(f"   short-request TTFT CDF, plain vLLM vs Medha: {png}")
+    if timeline.exists():
+        print(f"   Medha's stage timeline (every forward pass, Chrome trace): {timeline}\n"
+              "   open it in https://ui.perfetto.dev (Open trace file)")
     print(f"demo finished in {time.time() - t0:.0f} s")
 
 

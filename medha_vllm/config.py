@@ -160,6 +160,19 @@ class MedhaConfig:
                                    solo_batch_time_s=max(solo, target))
 
     @staticmethod
+    def check_option(name: str, value: Any) -> None:
+        """Validate one option's type and range alone (relations between
+        options, such as max_chunk_size >= min_chunk_size, are checked when
+        the whole config is built)."""
+        if name in _SPECS:
+            if value is None:
+                return
+            typ, lo, hi, lo_incl, _ = _SPECS[name]
+            _check_number(name, value, typ, lo, hi, lo_incl)
+        else:
+            MedhaConfig.from_dict({name: value})
+
+    @staticmethod
     def choices(name: str) -> tuple[str, ...] | None:
         """The accepted values of a choice option, None for other options."""
         spec = _CHOICE_OPTS.get(name)

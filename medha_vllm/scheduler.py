@@ -269,7 +269,8 @@ class MedhaScheduler(Scheduler):
                 self.slo.observe_tokens(o.request_id, len(o.new_token_ids), now)
                 if o.finish_reason is not None:
                     self._forget(o.request_id)
-        self.metrics.maybe_flush()
+        # Publish at once when the engine goes idle (no later iteration would).
+        self.metrics.maybe_flush(force=not self.running and not self.waiting)
         return outputs
 
     def finish_requests(self, request_ids, finished_status):

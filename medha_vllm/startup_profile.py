@@ -1,13 +1,17 @@
-"""The start-up profile, run as the engine's first iterations.
+"""The start-up profile: real engine iterations run before the engine reports
+ready (patches/profile_before_ready.py calls `run_before_ready` at the end of
+EngineCore.__init__, so `vllm serve` answers /health only once it is done).
 
-NOTE(medha): no vLLM internals are patched for it. The scheduler adds
+The scheduler adds
 synthetic requests (ids prefixed `medha-profile-`), dictates each iteration's
 exact batch (`ProfilePlan` in profiler.py), times each iteration from
 schedule() to update_from_output(), drops the synthetic outputs and aborts
 the synthetic requests at the end. The real executor, model runner and
-attention backend are what gets measured. Requests that arrive meanwhile wait
-in the queue (at most `profile_time_budget_s`). The fitted predictor is cached
-on disk (profiler.save_profile), so later starts skip all of this.
+attention backend are what gets measured. Should the engine loop start with
+the profile still pending (the patch retired or not applied), the loop runs
+it as its first iterations and requests wait in the queue meanwhile (at most
+`profile_time_budget_s`). The fitted predictor is cached on disk
+(profiler.save_profile), so later starts skip all of this.
 """
 
 from __future__ import annotations
@@ -38,6 +42,27 @@ def _kernel_build() -> str:
     from medha_vllm.kernels import native
 
     return native.library_path().name
+
+
+def run_before_ready(engine_core: Any) -> None:
+    """Drive `engine_core`'s own steps until its scheduler's pending start-up
+    profile is over and no batch is in flight (nothing if none is pending)."""
+    profile = getattr(getattr(engine_core, "scheduler", None), "profile", None)
+    if not isinstance(profile, StartupProfile) or not profile.active:
+        return
+    started = time.perf_counter()
+    # A generous stop: the plan ends by its own time budget.
+    give_up = started + 3 * profile.cfg.profile_time_budget_s + 120
+    logger.info("Medha: profiling before the engine reports ready")
+    queue = getattr(engine_core, "batch_queue", None)
+    while profile.active or queue:
+        engine_core.step_fn()
+        if time.perf_counter() > give_up:
+            logger.warning("Medha: the start-up profile did not finish in %.0f s; the "
+                           "engine loop finishes it", time.perf_counter() - started)
+            return
+    logger.info("Medha: start-up profile done in %.1f s; the engine reports ready now",
+                time.perf_counter() - started)
 
 
 class StartupProfile:

@@ -87,7 +87,7 @@ def _typed(name: str, field_type):
                 value = float(text)
             else:
                 value = text
-            MedhaConfig.from_dict({name: value})
+            MedhaConfig.check_option(name, value)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
         return value

@@ -156,3 +156,27 @@ def print_table(out: dict) -> None:
         if k in out:
             v = out[k]
             print(f"  {k:36s} {v:.3g}" if isinstance(v, float) else f"  {k:36s} {v}")
+
+
+def plot_cdf(out: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no CDF plot")
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, s in out["servers"].items():
+        xs = [x for x in s["short_ttft_all_s"] if not math.isnan(x)]
+        if xs:
+            ax.step(xs, [(k + 1) / len(xs) for k in range(len(xs))], where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("short-request TTFT (s, log scale)")
+    ax.set_ylabel("CDF")
+    ax.set_title("Short requests behind a long prefill")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

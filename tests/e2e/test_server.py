@@ -28,8 +28,11 @@ MODEL = "smollm2"
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_path, profile_dir, tmp_path_factory):
+def server(smollm2_path, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "medha-server.log"
+    # A profile directory of its own: this server always profiles at start-up
+    # (test_ready_means_the_profile_is_done).
+    profile_dir = str(tmp_path_factory.mktemp("fresh-profiles"))
     srv = VllmServer(smollm2_path, [
         # Eager: compilation is not this module's subject (make demo serves compiled).
         "--scheduler", "medha", "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager",
@@ -50,6 +53,36 @@ def client(server):
 
 def metrics(server) -> str:
     return urllib.request.urlopen(server.base_url + "/metrics", timeout=10).read().decode()
+
+
+def ttft(client, prompt: str) -> float:
+    t0 = time.perf_counter()
+    stream = client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, temperature=0,
+                                       stream=True)
+    first = None
+    for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].text:
+            first = time.perf_counter() - t0
+    assert first is not None
+    return first
+
+
+def test_ready_means_the_profile_is_done(server, client):
+    # First in this module: the server has just answered /v1/models, with no
+    # profile cached. The first request is served as fast as later ones, not
+    # queued behind the start-up profile.
+    # ~600 tokens, each prompt with its own first word (no prefix-cache hit).
+    def prompt(k):
+        return f"r{k} " + " ".join(f"w{i}" for i in range(300))
+
+    first = ttft(client, prompt(0))
+    idle = sorted(ttft(client, prompt(k)) for k in (1, 2, 3))[1]
+    assert first <= 2 * idle, f"first request TTFT {first:.3f} s vs idle {idle:.3f} s"
+    log = Path(server.log_path).read_text()
+    assert "Medha: profiling before the engine reports ready" in log, log[-3000:]
+    done = log.index("Medha: start-up profile done")
+    # The profile ran (and was saved) before the API server started listening.
+    assert log.index("Medha: profiled ") < done < log.index("Starting vLLM server on"), log[-3000:]
 
 
 def test_chat_answer_from_real_model(client):

@@ -202,6 +202,11 @@ def test_scheduler_medha_flag_maps_to_class_and_config(smollm2_path):
     # Medha's vllm_xargs check joins vLLM's logits processors (after the user's).
     from medha_vllm.slo_door import VALIDATOR_FQCN
     assert ea.logits_processors == [VALIDATOR_FQCN]
+    # Flags are checked one by one, their relations once merged: min and max
+    # chunk size below the default minimum parse together.
+    small = _parse(["--scheduler", "medha", "--medha-max-chunk-size", "8",
+                    "--medha-min-chunk-size", "8"], smollm2_path)
+    assert small.additional_config["medha"] == {"min_chunk_size": 8, "max_chunk_size": 8}
     own = _parse(["--scheduler", "medha", "--logits-processors", "my.Proc"], smollm2_path)
     assert own.logits_processors == ["my.Proc", VALIDATOR_FQCN]
     plain = _parse([], smollm2_path)
@@ -218,6 +223,7 @@ def test_scheduler_medha_flag_maps_to_class_and_config(smollm2_path):
     (["--scheduler", "medha", "--additional-config", '{"medha": {"chunk": 1}}'],
      ["unknown medha option", "chunk"]),
     (["--scheduler", "round-robin"], ["--scheduler", "medha"]),
+    (["--scheduler", "medha", "--medha-max-chunk-size", "16"], ["max_chunk_size", "min_chunk_size"]),
     (["--scheduler", "medha", "--additional-config", '{"medha": {"target_batch_time_s": -1}}'],
      ["target_batch_time_s", "(0.0, 60.0]"]),
     (["--medha-min-chunk-size", "64"], ["--scheduler medha"]),
