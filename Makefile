@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-attention bench-spp bench clean
+.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-attention bench-spp bench-reliability bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -48,6 +48,9 @@ bench-attention: models
 
 bench-spp: models
 	@$(PY) benchmarks/bench_spp.py
+
+bench-reliability: models
+	@$(PY) benchmarks/bench_reliability.py
 
 clean:
 	rm -rf .venv build *.egg-info
