@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models demo test test-all bench-hol bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-attention bench-spp bench-reliability bench clean
+.PHONY: setup models demo test test-all bench-hol bench-hol-async bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-attention bench-spp bench-reliability bench-starvation bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,10 @@ test-all: models
 
 bench-hol: models
 	@$(PY) benchmarks/bench_hol.py
+
+# Medha with and without --async-scheduling on the bench-hol workload.
+bench-hol-async: models
+	@$(PY) benchmarks/bench_hol.py --servers plain,medha,medha-async --output hol_async.json
 
 bench-capacity: models
 	@$(PY) benchmarks/bench_capacity.py
@@ -51,6 +55,9 @@ bench-spp: models
 
 bench-reliability: models
 	@$(PY) benchmarks/bench_reliability.py
+
+bench-starvation: models
+	@$(PY) benchmarks/bench_reliability.py --cases starvation --output starvation.json
 
 clean:
 	rm -rf .venv build *.egg-info

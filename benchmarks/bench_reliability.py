@@ -4,8 +4,10 @@ each a real server with bounded request loops. Writes
 benchmarks/results/reliability.json and prints a table.
 
 Cases (SmolLM2, float32 for the ones that compare outputs):
-- kv_exhaustion: a burst 3x what a 48-block KV cache holds, then every request
-  alone: lost requests, recompute evictions, identical outputs.
+- kv_exhaustion: 3x what a 48-block KV cache holds, three quarters as batch
+  jobs (a relaxed vllm_xargs deadline), the rest 0.3 s later with default
+  deadlines; then every request alone: lost requests, recompute evictions,
+  identical outputs.
 - disconnect_storm: 100 streaming clients cancel at random points of prefill
   or decode: KV blocks leaked, later requests served.
 - soak: `--soak-requests` short requests with the trace's lengths (prompts
@@ -17,6 +19,11 @@ Cases (SmolLM2, float32 for the ones that compare outputs):
   saturation): loaded, with no queue that grows without bound.
 - worker_death (one worker, and -pp 2): SIGKILL a model worker mid-run: in-flight
   clients that got an error, the slowest error, the server's exit code.
+- starvation (not in the default `--cases`; `make bench-starvation` writes
+  starvation.json): a 900-token prompt under a Poisson stream of 64-token
+  requests at the capacity rate measured on the same server: its TTFT over its
+  length-aware deadline (1.5 x its standalone TTFT), with Medha's starvation
+  guard (default 2) and without it (plain LARS, `--medha-starvation-guard 0`).
 
 The short versions of the first, second and fourth run in the default test
 suite (tests/e2e/test_reliability.py).
@@ -25,10 +32,12 @@ suite (tests/e2e/test_reliability.py).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
 import sys
+import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
@@ -50,7 +59,8 @@ TARGETS = {"kv_exhaustion.lost_requests": "== 0", "kv_exhaustion.recompute_evict
            "soak.lost_requests": "== 0", "soak.engine_errors": "== 0", "soak.rss_growth": "< 0.05",
            "worker_death*.clients_with_error": "== in_flight_clients",
            "worker_death*.max_seconds_to_client_error": "<= 30",
-           "worker_death*.server_exit_code": "non-zero (or recovered)"}
+           "worker_death*.server_exit_code": "non-zero (or recovered)",
+           "starvation.long_ttft_over_deadline": "<= 3 (guard 2 + its own prefill)"}
 
 
 def soak_items(n: int, rate: float, seed: int, max_prompt: int, max_output: int) -> list[WorkItem]:
@@ -81,8 +91,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--storm-clients", type=int, default=100)
     ap.add_argument("--cases", default="kv_exhaustion,disconnect_storm,soak,worker_death,"
                                        "worker_death_pp2")
+    ap.add_argument("--starvation-long-tokens", type=int, default=900)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output", default="reliability.json")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other cases of the existing output file (each case "
+                         "records the command and date of its own run)")
     a = ap.parse_args(argv)
     cases = a.cases.split(",")
     model = str(build_smollm2())
@@ -105,6 +119,16 @@ def main(argv=None) -> dict:
                 out["cases"]["worker_death"] = rel.worker_death(
                     srv.base_url, MODEL, srv.proc, 6, 600, 64, 30.0, seed=a.seed)
                 print("worker_death", out["cases"]["worker_death"], flush=True)
+    if "starvation" in cases:
+        # Medha's default (starvation guard 2) and the paper's plain LARS
+        # (guard 0), each on its own server, same seed.
+        for name, guard in (("starvation", None), ("starvation_plain_lars", 0.0)):
+            args = SMALL_KV + ([] if guard is None else ["--medha-starvation-guard", str(guard)])
+            with VllmServer(model, args, served_name=MODEL, log_path=str(logs / f"{name}.log"),
+                            env={"VLLM_CPU_KVCACHE_SPACE": "1"}) as srv:
+                out["cases"][name] = rel.starvation(
+                    srv.base_url, MODEL, a.starvation_long_tokens, seed=a.seed)
+            print(name, out["cases"][name], flush=True)
     if "worker_death_pp2" in cases:
         args = [x for x in SMALL_KV if x not in ("--num-gpu-blocks-override", "48")] + ["-pp", "2"]
         srv = VllmServer(model, args, served_name=MODEL, log_path=str(logs / "pp2.log"))
@@ -125,9 +149,19 @@ def main(argv=None) -> dict:
         out["cases"]["soak"] = r
         print("soak", r, flush=True)
 
+    command = "python benchmarks/bench_reliability.py " + " ".join(argv or sys.argv[1:])
+    stamp = {"command": command, "date": time.strftime("%Y-%m-%d")}
+    for figs in out["cases"].values():
+        figs["run"] = stamp
+    if a.update and (RESULTS / a.output).exists():
+        old = json.loads((RESULTS / a.output).read_text())
+        for name, figs in old.get("cases", {}).items():
+            if name not in out["cases"]:
+                figs.setdefault("run", {"command": old.get("command"), "date": "earlier"})
+                out["cases"][name] = figs
     out["machine"] = machine()
     out["targets"] = TARGETS
-    out["command"] = "python benchmarks/bench_reliability.py " + " ".join(argv or sys.argv[1:])
+    out["command"] = command
     print_table(out)
     path = write_json(a.output, out)
     print(f"wrote {path}")
@@ -138,7 +172,7 @@ def print_table(out: dict) -> None:
     print(f"\n{'case':<20} {'figure':<32} value")
     for case, figs in out["cases"].items():
         for k, v in figs.items():
-            if not isinstance(v, list):
+            if not isinstance(v, (list, dict)):
                 print(f"{case:<20} {k:<32} {v}")
 
 

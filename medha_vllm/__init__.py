@@ -11,6 +11,17 @@ __version__ = "0.1.0"
 
 SCHEDULER_CLS = "medha_vllm.scheduler.MedhaScheduler"
 
+
+def is_medha_scheduler(cls: object) -> bool:
+    """`cls` (a `scheduler_cls` value: a dotted name or a class) is Medha's."""
+    if isinstance(cls, str):
+        return cls == SCHEDULER_CLS
+    if isinstance(cls, type):
+        from medha_vllm.scheduler import MedhaScheduler
+
+        return issubclass(cls, MedhaScheduler)
+    return False
+
 _registered = False
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-SUPPORTED_VLLM = (">=0.32.0", "<0.33")
+SUPPORTED_VLLM = (">=0.32.0", "<0.34")
 _MIN = (0, 32, 0)
-_MAX_EXCLUSIVE = (0, 33, 0)
+_MAX_EXCLUSIVE = (0, 34, 0)
 
 
 class UnsupportedVLLMVersion(RuntimeError):

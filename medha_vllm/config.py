@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -40,6 +43,9 @@ _SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
         "largest prefill chunk (tokens)"),
     "long_request_threshold": (int, 1, 1 << 40, True,
         "prompt length (tokens) from which a request is 'long' for space sharing"),
+    "starvation_guard": (float, 0.0, 1000.0, True,
+        "a prefill still unfinished at arrival + this x its TTFT deadline goes before every "
+        "request that is not (the earliest such first); 0 turns the guard off"),
     "space_sharing_max_slack": (float, 0.0, 1.0, True,
         "rho_max: a long prefill uses target x (1 - clamp(rho, 0, rho_max)) of the budget"),
     "profile_time_budget_s": (float, 1.0, 3600.0, True,
@@ -90,6 +96,8 @@ class MedhaConfig:
     space_sharing: bool = True
     long_request_threshold: int = 16384
     space_sharing_max_slack: float = 0.5
+    # Starvation guard of the LARS order (policy/planner.py priority_of).
+    starvation_guard: float = 2.0
     # Runtime predictor profiling.
     profile: bool = True
     profile_dir: str | None = None
@@ -159,6 +167,22 @@ class MedhaConfig:
         return dataclasses.replace(self, target_batch_time_s=target, tbt_slo_s=tbt,
                                    solo_batch_time_s=max(solo, target))
 
+    def check_paths(self) -> None:
+        """Start-up check that the output paths can be written (the engine
+        would otherwise fail at its first write, in a worker for the
+        timeline). Creates the profile directory; writes nothing else."""
+        if self.profile_dir is not None:
+            check_writable_dir("profile_dir", self.profile_dir)
+        if self.timeline_path is not None:
+            path = Path(self.timeline_path).expanduser()
+            if path.is_dir():
+                raise MedhaConfigError(f"medha option 'timeline_path' = '{self.timeline_path}' "
+                                       "is a directory; give a file path")
+            check_writable_dir("timeline_path", path.parent, what="its directory")
+            if path.exists() and not os.access(path, os.W_OK):
+                raise MedhaConfigError(f"medha option 'timeline_path' = '{self.timeline_path}' "
+                                       "is not writable")
+
     @staticmethod
     def check_option(name: str, value: Any) -> None:
         """Validate one option's type and range alone (relations between
@@ -189,6 +213,22 @@ class MedhaConfig:
                     for name, (choices, desc) in _CHOICE_OPTS.items()})
         out.update(_STR_OPTS)
         return out
+
+
+def check_writable_dir(option: str, directory: str | os.PathLike, what: str = "") -> Path:
+    """Create `directory` if needed and write-probe it; MedhaConfigError naming
+    `option` (and the OS error) if either fails."""
+    path = Path(directory).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".medha-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        where = f"{what} {path}" if what else str(path)
+        raise MedhaConfigError(f"medha option '{option}': cannot write to {where} "
+                               f"({e.strerror or e})") from None
+    return path
 
 
 def _range_text(typ, lo, hi, lo_incl) -> str:

@@ -73,6 +73,9 @@ class MedhaSnapshot:
     # Requests whose declared TTFT deadline (vllm_xargs) was below the client
     # floor and was raised to it (config: min_request_deadline_s).
     floored_deadlines: int = 0
+    # Non-empty batches dispatched while another was in flight (async
+    # scheduling or pipeline stages overlapping batches).
+    overlapped_batches: int = 0
 
 
 class MedhaMetricsRecorder:
@@ -104,6 +107,9 @@ class MedhaMetricsRecorder:
 
     def count_abort(self) -> None:
         self.snap.aborted_requests += 1
+
+    def count_overlapped_batch(self) -> None:
+        self.snap.overlapped_batches += 1
 
     def count_floored_deadline(self, req_id: str) -> None:
         if req_id in self._floored:
@@ -183,8 +189,12 @@ class _SnapshotCollector:
         flo = CounterMetricFamily("medha:floored_deadlines", "Requests whose declared TTFT "
                                   "deadline was below the client floor and was raised to it",
                                   labels=["engine"])
+        ovl = CounterMetricFamily("medha:overlapped_batches", "Batches dispatched while "
+                                  "another was in flight (async scheduling, pipeline stages)",
+                                  labels=["engine"])
         for i, s in enumerate(snaps):
             flo.add_metric([str(i)], s.get("floored_deadlines", 0))
+            ovl.add_metric([str(i)], s.get("overlapped_batches", 0))
             for kind, v in s["preemptions"].items():
                 pre.add_metric([str(i), kind], v)
             for kind, v in s["deadline_misses"].items():
@@ -193,7 +203,7 @@ class _SnapshotCollector:
             err.add_metric([str(i), "profile"], s["predictor_profile_error"])
             tgt.add_metric([str(i)], s["target_batch_time_s"])
             abo.add_metric([str(i)], s.get("aborted_requests", 0))
-        yield from (pre, miss, err, tgt, abo, flo)
+        yield from (pre, miss, err, tgt, abo, flo, ovl)
 
 
 _collector_registered = False

@@ -6,6 +6,11 @@ ledger records, per dispatched batch, when schedule() finished, its shape (for
 the predictor) and whether it was "clean": no earlier batch was in flight, so
 the time until its output came back is the batch's own time through the
 pipeline, usable to correct the predictor.
+
+With async scheduling (one stage, two batches in flight) the device runs the
+batches one after another, so a batch dispatched while another was in flight
+started when that one came back: its own time is the interval between the two
+returns, and every batch is measurable.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class BatchLedger:
     def __init__(self, stages: int) -> None:
         self.stages = max(1, stages)
         self._pending: deque[DispatchedBatch] = deque()
+        self._last_return: float | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -41,9 +47,19 @@ class BatchLedger:
     def dispatched(self, shape: BatchShape, at: float, clean: bool) -> None:
         self._pending.append(DispatchedBatch(at, shape, clean))
 
-    def returned(self) -> DispatchedBatch | None:
-        """The oldest batch in flight, whose output just came back."""
-        return self._pending.popleft() if self._pending else None
+    def returned(self, now: float) -> tuple[DispatchedBatch, float | None] | None:
+        """The oldest batch in flight, whose output came back at `now`, and its
+        own time (None when it overlapped others' in a way that hides it)."""
+        if not self._pending:
+            return None
+        batch = self._pending.popleft()
+        prev, self._last_return = self._last_return, now
+        if batch.clean:
+            return batch, now - batch.dispatched_at
+        if self.stages == 1 and prev is not None:
+            # One stage: it ran after the batch before it came back.
+            return batch, now - max(batch.dispatched_at, prev)
+        return batch, None
 
     def stalled(self, num_waiting: int, has_finished: bool, running_all_dispatched: bool) -> bool:
         """Nothing can be dispatched until a batch in flight returns.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -61,13 +62,42 @@ def profile_key(fields: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+class BadProfile(ValueError):
+    """A cached profile file exists but cannot be used (the reason)."""
+
+
 def load_profile(path: Path) -> dict | None:
+    """The cached profile at `path`, None if there is none; BadProfile if the
+    file is there but unusable (unreadable, not JSON, wrong shape or format,
+    missing keys, coefficients that are not finite numbers)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        text = path.read_text()
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadProfile(f"unreadable ({type(e).__name__}: {e})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise BadProfile(f"not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise BadProfile(f"not a JSON object but {type(data).__name__}")
     if data.get("format") != PROFILE_FORMAT:
-        return None
+        raise BadProfile(f"format {data.get('format')!r}, this version writes {PROFILE_FORMAT}")
+    pred, stats = data.get("predictor"), data.get("stats")
+    if not isinstance(pred, dict) or not isinstance(stats, dict):
+        raise BadProfile("'predictor' and 'stats' must both be JSON objects")
+    try:
+        coef = LinearBatchPredictor.from_dict(pred).coef
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadProfile(f"bad predictor ({type(e).__name__}: {e})") from None
+    if len(coef) != len(pred.get("features", ())) or \
+            not all(math.isfinite(c) and c >= 0 for c in coef):
+        raise BadProfile(f"predictor coefficients {coef} are not one finite, non-negative "
+                         "number per feature")
+    err = stats.get("heldout_median_ape")
+    if err is not None and (isinstance(err, bool) or not isinstance(err, (int, float))):
+        raise BadProfile(f"stats.heldout_median_ape {err!r} is not a number")
     return data
 
 

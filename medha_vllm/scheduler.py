@@ -19,8 +19,9 @@ own `Scheduler.schedule()` through the seams in `vllm_seams.py`:
    per-request cap with no patch and no copy of `schedule()`.
 
 Everything else is vLLM's: KV manager, queues, preemption, output building.
-Start-up profiling (startup_profile.py), per-request SLOs (slo.py) and the
-batches in flight (pipeline.py) are their own modules.
+Start-up profiling (startup_profile.py), per-request SLOs (slo.py), the
+batches in flight (pipeline.py) and the async-scheduling variant
+(async_scheduler.py) are their own modules.
 """
 
 from __future__ import annotations
@@ -51,6 +52,21 @@ logger = init_logger(f"vllm.{__name__}")
 
 
 class MedhaScheduler(Scheduler):
+    # Scheduling overlaps the batch in flight (MedhaAsyncScheduler).
+    async_scheduling = False
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # NOTE(medha): vLLM builds the one class `scheduler_cls` names, chosen
+        # before async scheduling is settled; with it on, the same name builds
+        # Medha on vLLM's AsyncScheduler (async_scheduler.py).
+        if cls is MedhaScheduler:
+            vc = kwargs.get("vllm_config", args[0] if args else None)
+            if getattr(getattr(vc, "scheduler_config", None), "async_scheduling", False):
+                from medha_vllm.async_scheduler import MedhaAsyncScheduler
+
+                cls = MedhaAsyncScheduler
+        return super().__new__(cls)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from vllm.platforms import current_platform
 
@@ -61,10 +77,15 @@ class MedhaScheduler(Scheduler):
         seams.check_seams(self)
         self.medha = cfg = MedhaConfig.from_vllm_config(self.vllm_config).resolve(
             on_gpu=current_platform.is_cuda_alike())
+        cfg.check_paths()  # before the first forward pass writes the timeline
         if seams.use_fcfs_waiting_queue(self):
             logger.info("Medha: ordering by (priority, relative slack); vLLM's "
                         "--scheduling-policy is superseded")
         self._mamba_align = seams.enable_chunk_cap_hook(self)
+        dropped = seams.drop_local_prefill_cadence(self)
+        if dropped > 1:
+            logger.warning("Medha: --prefill-schedule-interval %d is not applied on this "
+                           "engine (Medha decides when prefill chunks run)", dropped)
         # Chunk caps of this iteration (req_id -> tokens) and the cap of a
         # running request not in the map (None: uncapped).
         self._caps: dict[str, int] = {}
@@ -81,7 +102,7 @@ class MedhaScheduler(Scheduler):
             target_batch_time_s=cfg.target_batch_time_s, solo_batch_time_s=cfg.solo_batch_time_s,
             min_chunk=cfg.min_chunk_size, max_chunk=cfg.max_chunk_size,
             space_sharing=cfg.space_sharing, long_request_threshold=cfg.long_request_threshold,
-            rho_max=cfg.space_sharing_max_slack)
+            rho_max=cfg.space_sharing_max_slack, starvation_guard=cfg.starvation_guard)
         self.rules = DeadlineRules(cfg.ttft_deadline_multiplier, cfg.ttft_deadline_floor_s,
                                    cfg.tbt_slo_s, cfg.client_slos, cfg.min_request_deadline_s)
         self.slo = SloBook(self._new_slack_state, self.metrics.count_miss)
@@ -94,9 +115,10 @@ class MedhaScheduler(Scheduler):
         logger.info(
             "Medha scheduler: target batch time %.3f s (solo %.3f s), TBT SLO %.3f s, "
             "chunks %d..%d, space sharing %s (long >= %d tokens, rho_max %.2f), "
-            "pipeline stages %d", self.settings.target_batch_time_s, self.settings.solo_batch_time_s,
-            self.rules.tbt_slo_s, cfg.min_chunk_size, cfg.max_chunk_size, cfg.space_sharing,
-            cfg.long_request_threshold, cfg.space_sharing_max_slack, self.stages)
+            "pipeline stages %d, async scheduling %s", self.settings.target_batch_time_s,
+            self.settings.solo_batch_time_s, self.rules.tbt_slo_s, cfg.min_chunk_size,
+            cfg.max_chunk_size, cfg.space_sharing, cfg.long_request_threshold,
+            cfg.space_sharing_max_slack, self.stages, self.async_scheduling)
 
     def set_predictor(self, predictor: LinearBatchPredictor, profiled: bool = True) -> None:
         """Use `predictor` from now on (deadlines are re-derived from it); a
@@ -147,7 +169,10 @@ class MedhaScheduler(Scheduler):
             output = super().schedule(throttle_prefills)
         finally:
             self._caps, self._cap_running = {}, None
-        self.ledger.dispatched(self._shape_of(output), self.perf_clock(), clean)
+        shape = self._shape_of(output)
+        self.ledger.dispatched(shape, self.perf_clock(), clean)
+        if not clean and shape.num_tokens:
+            self.metrics.count_overlapped_batch()
         self._account_pauses(output)
         return output
 
@@ -251,9 +276,9 @@ class MedhaScheduler(Scheduler):
 
     # ------------------------------------------------------------ outputs
     def update_from_output(self, scheduler_output, model_runner_output):
-        batch = self.ledger.returned()
-        if batch is not None and batch.shape.num_tokens and batch.clean:
-            measured = self.perf_clock() - batch.dispatched_at
+        returned = self.ledger.returned(self.perf_clock())
+        batch, measured = returned if returned is not None else (None, None)
+        if batch is not None and batch.shape.num_tokens and measured is not None:
             if self.profile.active:
                 self.profile.record(batch.shape, measured)
             else:

@@ -24,10 +24,11 @@ from typing import Any
 from vllm.logger import init_logger
 
 from medha_vllm import vllm_seams as seams
+from medha_vllm.config import check_writable_dir
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor
-from medha_vllm.profiler import (PROFILE_FORMAT, PROFILE_PREFIX, ProfilePlan, ProfileRecorder,
-                                 default_profile_dir, hardware_id, load_profile, profile_key,
-                                 save_profile)
+from medha_vllm.profiler import (PROFILE_FORMAT, PROFILE_PREFIX, BadProfile, ProfilePlan,
+                                 ProfileRecorder, default_profile_dir, hardware_id, load_profile,
+                                 profile_key, save_profile)
 
 logger = init_logger(f"vllm.{__name__}")
 
@@ -94,7 +95,14 @@ class StartupProfile:
         }
         pdir = default_profile_dir() if cfg.profile_dir is None else Path(cfg.profile_dir).expanduser()
         self.path = pdir / f"{profile_key(self.key_fields)}.json"
-        cached = load_profile(self.path)
+        try:
+            cached = load_profile(self.path)
+        except BadProfile as e:
+            # NOTE(medha): a bad cache file costs a re-profile, never the engine.
+            logger.warning("Medha: ignoring the cached profile %s: %s; %s", self.path, e,
+                           "re-profiling" if cfg.profile else "profiling is off, so a "
+                           "generic predictor is used")
+            cached = None
         if cached is not None:
             self.predictor = LinearBatchPredictor.from_dict(cached["predictor"])
             self.profile_error = cached["stats"].get("heldout_median_ape")
@@ -105,6 +113,10 @@ class StartupProfile:
             logger.warning("Medha: no cached profile and profiling disabled; using a "
                            "generic predictor until live iterations correct it")
             return
+        # It will be saved there: fail now, naming the option, not after profiling.
+        check_writable_dir("profile_dir", pdir,
+                           what="the profile directory (set --medha-profile-dir or "
+                                "MEDHA_CACHE_DIR)" if cfg.profile_dir is None else "")
         self.plan = ProfilePlan.build(self.max_context, sched.max_num_scheduled_tokens,
                                       cfg.max_chunk_size, max_model_len=sched.max_model_len)
         logger.info("Medha: will profile %s on %s (%d iterations, up to %d tokens of context, "

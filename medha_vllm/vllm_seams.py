@@ -131,6 +131,18 @@ def use_fcfs_waiting_queue(sched: Scheduler) -> bool:
     return True
 
 
+def drop_local_prefill_cadence(sched: Scheduler) -> int:
+    """vLLM 0.33 applies `--prefill-schedule-interval N` without data
+    parallelism too (`local_prefill_interval`: prefills held until N steps
+    passed); Medha decides when prefills run, so the hold is turned off.
+    Returns the interval dropped (1: nothing to do; 0.32 has no such hold)."""
+    interval = int(getattr(sched, "local_prefill_interval", 1) or 1)
+    if interval > 1:
+        sched.local_prefill_interval = 1
+        sched.last_prefill_step = -1
+    return interval
+
+
 def enable_chunk_cap_hook(sched: Scheduler) -> bool:
     """Turn on the per-request chunk hook; returns whether vLLM needed the real
     Mamba alignment (then the hook must delegate to it)."""
@@ -193,8 +205,14 @@ def block_hasher(sched: Scheduler):
     if not cc.enable_prefix_caching:
         return None
     get_request_block_hasher, get_hash_fn_by_name = _hasher_fns()
-    return get_request_block_hasher(sched.hash_block_size,
-                                    get_hash_fn_by_name(cc.prefix_caching_hash_algo))
+    fn = get_hash_fn_by_name(cc.prefix_caching_hash_algo)
+    # vLLM 0.33 hashes a few tokens ahead with EAGLE-style drafts (its engine
+    # passes `num_hash_lookahead_tokens`; 0 otherwise, and 0.32 has neither).
+    lookahead = int(getattr(sched.vllm_config, "num_hash_lookahead_tokens", 0) or 0)
+    if lookahead:
+        return get_request_block_hasher(sched.hash_block_size, fn,
+                                        num_hash_lookahead_tokens=lookahead)
+    return get_request_block_hasher(sched.hash_block_size, fn)
 
 
 def synthetic_request(req_id: str, prompt_token_ids: list[int], pretend_computed: int,

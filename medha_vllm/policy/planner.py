@@ -30,6 +30,7 @@ The decisions, in the order they are taken (each one a named helper below):
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Sequence
 
@@ -108,6 +109,10 @@ class PlannerSettings:
     # Request order: Medha's LARS; FCFS and EDF exist for comparisons
     # (the paper's worked example, the property test's convoying planner).
     order: Order = "lars"
+    # Starvation guard (LARS only): a prefill still unfinished at arrival +
+    # guard x its TTFT deadline goes before every request that is not, the
+    # earliest such first (0: off). See priority_of.
+    starvation_guard: float = 2.0
 
 
 @dataclass
@@ -142,20 +147,48 @@ class IterationPlan:
     drain_split: tuple[str, ...] = ()
 
 
-def priority_of(r: RequestView, now: float, work: PrefillWork, order: Order) -> tuple:
-    """Sort key of a prefill (smaller first): (user priority, urgency, arrival, id)."""
+class Priority(NamedTuple):
+    """Sort key of a prefill, smaller first. `rho` (LARS's relative slack) is
+    after the unique id, so it never decides the order."""
+
+    user_priority: int
+    # 0: starving (past the starvation guard), 1: every other request.
+    tier: int
+    # Starving: the time it started starving; else rho (LARS), arrival (FCFS)
+    # or absolute deadline (EDF).
+    urgency: float
+    arrival: float
+    req_id: str
+    rho: float
+
+
+def priority_of(r: RequestView, now: float, work: PrefillWork, order: Order,
+                starvation_guard: float = 0.0) -> Priority:
+    """LARS key of a prefill: (user priority, tier, urgency, arrival, id).
+
+    NOTE(medha): relative slack alone can starve a request under overload:
+    late short requests reach very negative rho (little work to divide by)
+    and keep going first, while a mid-sized prompt's rho falls slowly. The
+    guard bounds that: once a prefill is still unfinished `starvation_guard` x
+    its TTFT deadline after its arrival, it goes before every request that is
+    not starving, in the order they started starving. Below the guard, the
+    order is the paper's LARS."""
     st = r.slack
     if order == "fcfs":
-        urgency = st.arrival
-    elif order == "edf":
-        urgency = st.arrival + st.ttft_deadline_s
+        return Priority(st.user_priority, 1, st.arrival, st.arrival, r.req_id, st.arrival)
+    if order == "edf":
+        due = st.arrival + st.ttft_deadline_s
+        return Priority(st.user_priority, 1, due, st.arrival, r.req_id, due)
+    if r.computed_tokens == 0 and r.in_flight_tokens == 0:
+        rem = st.total_work_s  # NOTE(medha): fast path for queued requests
     else:
-        if r.computed_tokens == 0 and r.in_flight_tokens == 0:
-            rem = st.total_work_s  # NOTE(medha): fast path for queued requests
-        else:
-            rem = work.remaining(r.total_tokens, r.computed_tokens, r.in_flight_tokens)
-        urgency = (st.arrival + st.ttft_deadline_s - now - rem) / max(st.total_work_s, 1e-6)
-    return (st.user_priority, urgency, st.arrival, r.req_id)
+        rem = work.remaining(r.total_tokens, r.computed_tokens, r.in_flight_tokens)
+    rho = (st.arrival + st.ttft_deadline_s - now - rem) / max(st.total_work_s, 1e-6)
+    if starvation_guard > 0:
+        starving_since = st.arrival + starvation_guard * st.ttft_deadline_s
+        if now >= starving_since:
+            return Priority(st.user_priority, 0, starving_since, st.arrival, r.req_id, rho)
+    return Priority(st.user_priority, 1, rho, st.arrival, r.req_id, rho)
 
 
 def classify(running: Sequence[RequestView]) -> tuple[list, list, list]:
@@ -178,14 +211,15 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
     ratio of batches with a prefill)."""
     s = settings
     busy, decodes, prefills = classify(view.running)
-    keyed = [(priority_of(r, view.now, work, s.order), r, True) for r in prefills]
+    guard = s.starvation_guard if s.order == "lars" else 0.0
+    keyed = [(priority_of(r, view.now, work, s.order, guard), r, True) for r in prefills]
     # Waiting cut.
     ranked_waiting = 0
     if view.free_slots > 0 and len(view.waiting):
         k = min(view.free_slots, s.waiting_rank_limit)
         now, order = view.now, s.order
-        wkeyed = [(priority_of(r, now, work, order), r, False)
-                  for r in view.waiting.candidates(k, now, order)]
+        wkeyed = [(priority_of(r, now, work, order, guard), r, False)
+                  for r in view.waiting.candidates(k, now, order, guard)]
         top = heapq.nsmallest(k, wkeyed, key=lambda kr: kr[0])
         ranked_waiting = len(top)
         keyed.extend(top)
@@ -197,7 +231,8 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
     budget = s.solo_batch_time_s if solo else s.target_batch_time_s
     cands = [PrefillCandidate(req_id=r.req_id,
                               remaining_tokens=r.total_tokens - r.computed_tokens,
-                              computed_tokens=r.computed_tokens, rho=k[1],
+                              computed_tokens=r.computed_tokens,
+                              rho=k.rho if k.tier else -math.inf,  # starving: full budget
                               is_long=r.prompt_tokens >= s.long_request_threshold)
              for k, r, _ in keyed]
     max_chunk = min(s.max_chunk, view.token_budget)
@@ -237,7 +272,7 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
         victims=tuple(r.req_id for r in victims),
         budget_s=budget, budget_reason="solo" if solo else "target",
         predicted_time_s=batch.predicted_time_s,
-        most_urgent_rho=keyed[0][0][1] if keyed and s.order == "lars" else None,
+        most_urgent_rho=keyed[0][0].rho if keyed and s.order == "lars" else None,
         waiting_ranked=ranked_waiting, drain_split=drained)
 
 

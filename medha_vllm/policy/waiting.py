@@ -65,16 +65,24 @@ class RankTable:
         self._free.extend(self._slot.values())
         self._slot.clear()
 
-    def order(self, slots: np.ndarray, now: float, order: str) -> np.ndarray:
-        """Positions into `slots`, most urgent first: (priority, urgency, arrival)."""
+    def order(self, slots: np.ndarray, now: float, order: str,
+              starvation_guard: float = 0.0) -> np.ndarray:
+        """Positions into `slots`, most urgent first: (priority, tier, urgency,
+        arrival), as planner.priority_of ranks them."""
         rows = self._rows[slots]
+        tier = np.ones(len(rows))
         if order == "fcfs":
             urgency = rows[:, 1]
         elif order == "edf":
             urgency = rows[:, 4]
         else:
             urgency = rows[:, 2] - now * rows[:, 3]
-        return np.lexsort((rows[:, 1], urgency, rows[:, 0]))
+            if starvation_guard > 0:
+                since = rows[:, 1] + starvation_guard * (rows[:, 4] - rows[:, 1])
+                starving = now >= since
+                tier[starving] = 0
+                urgency = np.where(starving, since, urgency)
+        return np.lexsort((rows[:, 1], urgency, tier, rows[:, 0]))
 
 
 @dataclass(frozen=True)
@@ -93,14 +101,14 @@ class WaitingSet:
     def __len__(self) -> int:
         return len(self.slots) + len(self.others)
 
-    def candidates(self, k: int, now: float, order: str) -> list:
+    def candidates(self, k: int, now: float, order: str, starvation_guard: float = 0.0) -> list:
         """The `k` most urgent queued requests' views (by their rows), plus
         every request in `others`; the planner ranks them exactly."""
         n = len(self.slots)
         if n <= k:
             picked = range(n)
         else:
-            picked = self.table.order(self.slots, now, order)[:k].tolist()
+            picked = self.table.order(self.slots, now, order, starvation_guard)[:k].tolist()
         return [self.view_of(i) for i in picked] + list(self.others)
 
     @classmethod

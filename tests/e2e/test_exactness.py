@@ -60,40 +60,72 @@ async def run_all(base_url: str) -> list[dict]:
     return await asyncio.gather(*(one(i, p) for i, p in enumerate(PROMPTS)))
 
 
-def test_server_exactness_with_small_chunks_and_preemption(smollm2_path, tmp_path):
-    # Eager on both sides: compilation is not this test's subject, and a
-    # compile per server costs minutes on 2 cores.
-    common = ["--dtype", "float32", "--max-model-len", "1760", "--seed", "0", "--enforce-eager"]
-    with VllmServer(smollm2_path, common, served_name=MODEL,
-                    log_path=str(tmp_path / "plain.log")) as plain:
+# Eager on both sides: compilation is not this test's subject, and a compile
+# per server costs minutes on 2 cores.
+COMMON = ["--dtype", "float32", "--max-model-len", "1760", "--seed", "0", "--enforce-eager"]
+# Medha: 32-token chunks, at most 64 tokens an iteration (so at most two
+# prefills progress at once and LARS pauses the others between chunks; the
+# 0.2 s budget never binds first, so this holds whatever the predictor
+# learns), and a KV cache too small for the prefills that progress together
+# (56 blocks x 32 = 1,792 tokens for ~3,760 tokens of long prompts), so
+# requests are freed and recomputed.
+MEDHA_ARGS = COMMON + [
+    "--scheduler", "medha", "--medha-min-chunk-size", "32", "--medha-max-chunk-size", "32",
+    "--medha-target-batch-time-s", "0.2", "--max-num-batched-tokens", "64",
+    "--medha-profile", "false", "--block-size", "32", "--num-gpu-blocks-override", "56",
+    "--medha-attention-backend", "medha"]
+
+
+@pytest.fixture(scope="module")
+def plain_reference(smollm2_path, tmp_path_factory):
+    """Plain vLLM (its own scheduler, synchronous on CPU) on the workload."""
+    log = tmp_path_factory.mktemp("plain") / "plain.log"
+    with VllmServer(smollm2_path, COMMON, served_name=MODEL, log_path=str(log)) as plain:
         ref = asyncio.run(run_all(plain.base_url))
-    # Medha: 32-token chunks, at most 64 tokens an iteration (so at most two
-    # prefills progress at once and LARS pauses the others between chunks;
-    # the 0.2 s budget never binds first, so this holds whatever the
-    # predictor learns), and a KV cache too small for the prefills that
-    # progress together (56 blocks x 32 = 1,792 tokens for ~3,760 tokens of
-    # long prompts), so requests are freed and recomputed.
-    medha_args = common + [
-        "--scheduler", "medha", "--medha-min-chunk-size", "32", "--medha-max-chunk-size", "32",
-        "--medha-target-batch-time-s", "0.2", "--max-num-batched-tokens", "64",
-        "--medha-profile", "false", "--block-size", "32", "--num-gpu-blocks-override", "56",
-        "--medha-attention-backend", "medha"]
-    with VllmServer(smollm2_path, medha_args, served_name=MODEL,
-                    log_path=str(tmp_path / "medha.log")) as medha:
+    assert "medha: attention on Medha" not in log.read_text()
+    return ref
+
+
+def run_medha(smollm2_path, log_path: Path, extra: list[str]) -> tuple[list[dict], str]:
+    with VllmServer(smollm2_path, MEDHA_ARGS + extra, served_name=MODEL,
+                    log_path=str(log_path)) as medha:
         got = asyncio.run(run_all(medha.base_url))
         time.sleep(1.5)  # metrics snapshots are published about once a second
         text = urllib.request.urlopen(medha.base_url + "/metrics").read().decode()
-    assert_same(ref, got)
+    return got, text
+
+
+def counter(text: str, name: str, kind: str | None = None) -> float:
+    labels = 'engine="0"' + (f',kind="{kind}"' if kind else "")
+    return float(re.search(rf'medha:{name}_total{{{labels}}} (\S+)', text).group(1))
+
+
+def test_server_exactness_with_small_chunks_and_preemption(smollm2_path, plain_reference,
+                                                           tmp_path):
+    got, text = run_medha(smollm2_path, tmp_path / "medha.log", [])
+    assert_same(plain_reference, got)
     # Medha's attention kernel served this engine (the worker says so at start-up).
     log = (tmp_path / "medha.log").read_text()
     assert "medha: attention on Medha's native KV-split kernel" in log, log[-3000:]
-    assert "medha: attention on Medha" not in (tmp_path / "plain.log").read_text()
+    assert counter(text, "preemptions", "pause") > 0, "no request was paused between chunks"
+    assert counter(text, "preemptions", "recompute") > 0, "no request was evicted and recomputed"
+    # Synchronous on CPU: no batch is dispatched while another is in flight.
+    assert counter(text, "overlapped_batches") == 0
 
-    def count(kind):
-        return float(re.search(rf'medha:preemptions_total{{engine="0",kind="{kind}"}} (\S+)', text).group(1))
 
-    assert count("pause") > 0, "no request was paused between chunks"
-    assert count("recompute") > 0, "no request was evicted and recomputed"
+def test_server_exactness_with_async_scheduling(smollm2_path, plain_reference, tmp_path):
+    """`--async-scheduling` (vLLM's default on CUDA): Medha schedules the next
+    batch while one runs (MedhaAsyncScheduler on vLLM's AsyncScheduler), with
+    the same chunks, pauses and evictions as above, and changes no token."""
+    got, text = run_medha(smollm2_path, tmp_path / "medha.log", ["--async-scheduling"])
+    assert_same(plain_reference, got)
+    log = (tmp_path / "medha.log").read_text()
+    assert "medha: async scheduling kept on CPU" in log, log[-3000:]
+    assert re.search(r"Medha scheduler: .* async scheduling True", log), log[-3000:]
+    assert "medha: attention on Medha's native KV-split kernel" in log, log[-3000:]
+    assert counter(text, "overlapped_batches") > 0, "no batch overlapped the one in flight"
+    assert counter(text, "preemptions", "pause") > 0, "no request was paused between chunks"
+    assert counter(text, "preemptions", "recompute") > 0, "no request was evicted and recomputed"
 
 
 def test_python_api_exactness_long_prompts(synthetic_path):

@@ -2,10 +2,13 @@
 versions and the soak are `make bench-reliability`): `vllm serve --scheduler
 medha` on loopback with a small KV cache, float32.
 
-- KV exhaustion: a burst 3x what the KV cache holds; nothing lost, recompute
+- KV exhaustion: 3x what the KV cache holds (batch jobs, then interactive
+  requests that are more urgent); nothing lost, recompute
   evictions happened, every output equal to the request's output alone.
 - Disconnect storm: 100 streaming clients cancel at random points of their
   prefill or decode; no KV block leaks, later requests are served.
+- Starvation: a 900-token prompt under a stream at the measured capacity rate
+  gets its first token within 3 x its deadline.
 - Worker death: SIGKILL a model worker process mid-run (the one worker, or
   the last pipeline stage's with `-pp 2`); every in-flight client gets an
   error within 30 s and the server exits non-zero.
@@ -53,6 +56,19 @@ def test_disconnect_storm_leaks_no_block(server):
     assert r["leaked_blocks"] == 0 and r["kv_blocks_after"] == r["kv_blocks_idle"], r
     assert r["running_after"] == 0, r
     assert r["later_served"] == r["later_requests"], r
+
+
+def test_a_prompt_under_a_stream_at_capacity_is_not_starved(server):
+    """A 900-token prompt under a Poisson stream of 64-token requests at the
+    capacity rate measured on this server (a burst of 32 at once). Bound:
+    3 x its length-aware deadline (1.5 x its standalone TTFT), that is the
+    default starvation guard (2 deadlines) plus its own prefill (2/3 of a
+    deadline) and the requests that started starving before it. Plain LARS
+    (`--medha-starvation-guard 0`) took 7.4 deadlines in `make bench-starvation`."""
+    r = rel.starvation(server.base_url, MODEL, long_tokens=900, short_tokens=64,
+                       short_max_tokens=8)
+    assert r["shorts_during"] >= 5 and r["short_errors"] == 0, r
+    assert 0 < r["long_ttft_over_deadline"] <= 3.0, r
 
 
 def assert_clients_failed_fast(r: dict) -> None:

@@ -37,8 +37,11 @@ class Row:
 def make_scheduler(model: str, *, medha: dict | None = None, cls=None, num_blocks: int = 4096,
                    block_size: int = MODEL_BLOCK, max_num_seqs: int = 64,
                    token_budget: int = 4096, max_model_len: int = 32768, pp: int = 1,
-                   prefix_caching: bool = False):
-    """A scheduler on the built-in synthetic model's config (no weights loaded)."""
+                   prefix_caching: bool = False, async_scheduling: bool = False,
+                   prefill_schedule_interval: int = 1):
+    """A scheduler on the built-in synthetic model's config (no weights loaded).
+    `async_scheduling` sets the config as vLLM does on CUDA (the CPU platform
+    turns it off), so MedhaScheduler builds MedhaAsyncScheduler."""
     import torch
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
@@ -53,8 +56,10 @@ def make_scheduler(model: str, *, medha: dict | None = None, cls=None, num_block
     ea = EngineArgs(model=model, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                     max_num_batched_tokens=token_budget, enable_prefix_caching=prefix_caching,
                     block_size=block_size, pipeline_parallel_size=pp,
+                    prefill_schedule_interval=prefill_schedule_interval,
                     additional_config={"medha": opts})
     vc = ea.create_engine_config()
+    vc.scheduler_config.async_scheduling = async_scheduling
     vc.cache_config.num_gpu_blocks = num_blocks
     spec = FullAttentionSpec(block_size=block_size, num_kv_heads=2, head_size=64,
                              dtype=torch.float32)
@@ -86,12 +91,15 @@ class Driver:
     batch while fewer than `stages` are in flight and the scheduler has
     requests, else wait for the oldest batch and hand its output back. Each
     stage takes cost(batch) / stages and the stages are FIFO, so a batch's
-    output returns after its whole cost (one stage: plain sequential steps)."""
+    output returns after its whole cost (one stage: plain sequential steps).
+    `in_flight` is the engine's batch queue size: `stages`, or one more with
+    async scheduling (schedule the next batch while one runs)."""
 
     sched: object
     cost: object  # BatchShape -> seconds (e.g. a LinearBatchPredictor.predict)
     arrivals: list = field(default_factory=list)
     stages: int = 1
+    in_flight: int = 0  # 0: `stages`
     clock: FakeClock = field(default_factory=FakeClock)
     rows: list[Row] = field(default_factory=list)
     finished: dict[str, float] = field(default_factory=dict)
@@ -104,6 +112,7 @@ class Driver:
         self.arrivals = sorted(self.arrivals, key=lambda r: r.arrival_time)
         self._queue: deque = deque()  # (output, done ids, return time)
         self._stage_free = [0.0] * self.stages
+        self.in_flight = self.in_flight or self.stages
 
     def _admit_arrivals(self) -> None:
         while self.arrivals and self.arrivals[0].arrival_time <= self.clock.t + 1e-12:
@@ -152,7 +161,7 @@ class Driver:
         """One engine-loop step; False when everything is done."""
         self._admit_arrivals()
         s = self.sched
-        if len(self._queue) < self.stages and s.has_requests():
+        if len(self._queue) < self.in_flight and s.has_requests():
             self._dispatch()
             return True
         if self._queue:

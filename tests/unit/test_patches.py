@@ -228,6 +228,11 @@ def test_scheduler_medha_flag_maps_to_class_and_config(smollm2_path):
      ["target_batch_time_s", "(0.0, 60.0]"]),
     (["--medha-min-chunk-size", "64"], ["--scheduler medha"]),
     (["--scheduler", "fifo"], ["--scheduler", "medha"]),
+    # Output paths are checked at start-up (a file cannot hold a directory).
+    (["--scheduler", "medha", "--medha-timeline-path", "/dev/null/t.json"],
+     ["timeline_path", "cannot write"]),
+    (["--scheduler", "medha", "--medha-profile-dir", "/dev/null/profiles"],
+     ["profile_dir", "cannot write"]),
 ])
 def test_bad_cli_values_exit_with_named_option(argv, words, capsys, smollm2_path):
     with pytest.raises(SystemExit) as e:
@@ -263,7 +268,8 @@ def test_version_check():
     from medha_vllm.compat import UnsupportedVLLMVersion, check_vllm_version
 
     assert check_vllm_version("0.32.0+cpu") == "0.32.0+cpu"
-    for bad in ("0.31.9", "0.33.0", "1.0.0"):
+    assert check_vllm_version("0.33.0") == "0.33.0"
+    for bad in ("0.31.9", "0.34.0", "1.0.0"):
         with pytest.raises(UnsupportedVLLMVersion, match="supports vLLM"):
             check_vllm_version(bad)
 

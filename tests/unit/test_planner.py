@@ -121,3 +121,25 @@ def test_fcfs_and_edf_orders():
     for order, first in (("fcfs", "a"), ("edf", "b"), ("lars", "b")):
         p = plan_iteration(view([a, b], now=1.0), dataclasses.replace(SETTINGS, order=order), work())
         assert p.running_order[0] == first, order
+
+
+def test_the_waiting_table_ranks_as_priority_of_with_the_starvation_guard():
+    """The vectorised waiting cut (RankTable.order) and the planner's exact
+    key agree, starving requests included (random queues, fixed seed)."""
+    import random
+
+    from medha_vllm.policy.planner import priority_of
+
+    rng = random.Random(0)
+    w = work()
+    for _ in range(200):
+        qs = [req(f"r{i}", rng.randint(1, 5000), deadline=rng.uniform(0.5, 5.0),
+                  arrival=rng.uniform(0.0, 10.0)) for i in range(rng.randint(2, 30))]
+        now, guard = rng.uniform(0.0, 30.0), rng.choice([0.0, 1.0, 2.0, 3.5])
+        ws = WaitingSet.of(qs)
+        fast = [qs[i].req_id for i in ws.table.order(ws.slots, now, "lars", guard)]
+        exact = [r.req_id for r in sorted(qs, key=lambda r: priority_of(r, now, w, "lars", guard))]
+        assert fast == exact
+        if guard:
+            starving = [r.req_id for r in qs if now >= r.slack.arrival + guard * r.slack.ttft_deadline_s]
+            assert set(exact[:len(starving)]) == set(starving)

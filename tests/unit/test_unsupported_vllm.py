@@ -38,7 +38,7 @@ def test_plain_vllm_unaffected_and_medha_refused(smollm2_path):
     plain = run(smollm2_path)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert plain.stderr.count("medha-vllm is inactive") == 1
-    assert "supports vLLM >=0.32.0,<0.33, found 0.99.0" in plain.stderr
+    assert "supports vLLM >=0.32.0,<0.34, found 0.99.0" in plain.stderr
     # Only the CLI flags are there (so that --scheduler medha can be refused
     # with a message); no other patch, nothing that changes plain vLLM.
     patches_line = next(l for l in plain.stdout.splitlines() if l.startswith("PATCHES"))
@@ -48,7 +48,7 @@ def test_plain_vllm_unaffected_and_medha_refused(smollm2_path):
     assert "PARSED None" in plain.stdout
     # Asking for Medha: exit 2 with the supported range.
     assert "MEDHA_EXIT 2" in plain.stdout
-    assert plain.stderr.count("medha-vllm supports vLLM >=0.32.0,<0.33, found 0.99.0") == 2
+    assert plain.stderr.count("medha-vllm supports vLLM >=0.32.0,<0.34, found 0.99.0") == 2
 
 
 def test_medha_scheduler_refuses_an_unsupported_vllm(monkeypatch):
