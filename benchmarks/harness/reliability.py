@@ -166,10 +166,6 @@ def disconnect_storm(base_url: str, model: str, clients: int = 100, seed: int = 
     }
 
 
-def n_batch_of(n: int, batch_share: float) -> int:
-    return int(batch_share * n)
-
-
 def kv_exhaustion(base_url: str, model: str, load_factor: float = 3.0, prompt_tokens: int = 400,
                   max_tokens: int = 16, seed: int = 0, batch_share: float = 0.75,
                   interactive_after_s: float = 0.3) -> dict:
@@ -186,12 +182,12 @@ def kv_exhaustion(base_url: str, model: str, load_factor: float = 3.0, prompt_to
     capacity = blocks * block_size
     n = max(2, math.ceil(load_factor * capacity / (prompt_tokens + max_tokens)))
     prompts = [prompt_ids(rng, prompt_tokens) for _ in range(n)]
+    n_batch = int(batch_share * n)
     evict0 = recompute_evictions(text0)
 
     async def run():
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4),
                                      timeout=900) as client:
-            n_batch = n_batch_of(n, batch_share)
 
             async def one(i, p):
                 if i >= n_batch:
@@ -215,7 +211,7 @@ def kv_exhaustion(base_url: str, model: str, load_factor: float = 3.0, prompt_to
         "requests": n,
         "offered_tokens": n * (prompt_tokens + max_tokens),
         "load_factor": round(n * (prompt_tokens + max_tokens) / capacity, 2),
-        "batch_requests": n_batch_of(n, batch_share),
+        "batch_requests": n_batch,
         "lost_requests": n - len(ok),
         "errors": [repr(x)[:200] for x in loaded if not isinstance(x, list)][:5],
         "recompute_evictions": evictions,

@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from test_patches import _parse  # the real `vllm serve` parser with the cli_args patch
+
 from medha_vllm import config as mc
 from medha_vllm.config import MedhaConfig
 
@@ -93,17 +95,6 @@ good_configs = st.fixed_dictionaries({}, optional={n: good_value(n) for n in ALL
 
 
 # ------------------------------------------------------------------ parser
-def _parse(argv, model):
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    import medha_vllm.patches.cli_args as p
-
-    p.apply()
-    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser())
-    return AsyncEngineArgs.from_cli_args(parser.parse_args(["--model", model] + argv))
-
-
 def _refused(argv, model, capsys) -> str:
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
