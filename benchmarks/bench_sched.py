@@ -144,10 +144,12 @@ def measure(scheduler_cls, model: str, wl: Workload, steps: int, running: int, w
     state = {"running": len(s.running), "running_prefills": sum(
         r.num_computed_tokens < r.num_prompt_tokens for r in s.running), "waiting": len(s.waiting)}
     if medha:
+        from medha_vllm.engine_view import build_view
+
         s.need_mamba_block_aligned_split = hook
         # NOTE: in a live engine every request already has its slack state
         # (made once, when first seen); make them now, outside the timing.
-        s._view()
+        build_view(s)
     sched_t, step_t = [], []
     inner = []  # Medha: time in vLLM's own schedule() (super()), per step
     if medha:

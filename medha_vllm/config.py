@@ -183,6 +183,25 @@ class MedhaConfig:
                 raise MedhaConfigError(f"medha option 'timeline_path' = '{self.timeline_path}' "
                                        "is not writable")
 
+    def planner_settings(self) -> Any:
+        """The planner's knobs (policy.planner.PlannerSettings) of a resolved
+        config; the profile may later replace the budgets (policy/budget.py)."""
+        from medha_vllm.policy.planner import PlannerSettings
+
+        return PlannerSettings(
+            target_batch_time_s=self.target_batch_time_s,
+            solo_batch_time_s=self.solo_batch_time_s, min_chunk=self.min_chunk_size,
+            max_chunk=self.max_chunk_size, space_sharing=self.space_sharing,
+            long_request_threshold=self.long_request_threshold,
+            rho_max=self.space_sharing_max_slack, starvation_guard=self.starvation_guard)
+
+    def deadline_rules(self) -> Any:
+        """How a new request's deadlines are set (policy.work.DeadlineRules)."""
+        from medha_vllm.policy.work import DeadlineRules
+
+        return DeadlineRules(self.ttft_deadline_multiplier, self.ttft_deadline_floor_s,
+                             self.tbt_slo_s, self.client_slos, self.min_request_deadline_s)
+
     @staticmethod
     def check_option(name: str, value: Any) -> None:
         """Validate one option's type and range alone (relations between

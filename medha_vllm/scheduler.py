@@ -19,9 +19,10 @@ own `Scheduler.schedule()` through the seams in `vllm_seams.py`:
    per-request cap with no patch and no copy of `schedule()`.
 
 Everything else is vLLM's: KV manager, queues, preemption, output building.
-Start-up profiling (startup_profile.py), per-request SLOs (slo.py), the
-batches in flight (pipeline.py) and the async-scheduling variant
-(async_scheduler.py) are their own modules.
+The read side (the planner's view, batch shapes, pause counts:
+engine_view.py), start-up profiling (startup_profile.py), per-request SLOs
+(slo.py), the batches in flight (pipeline.py) and the async-scheduling
+variant (async_scheduler.py) are their own modules.
 """
 
 from __future__ import annotations
@@ -30,20 +31,18 @@ import dataclasses
 import time
 from typing import Any
 
-import numpy as np
 from vllm.logger import init_logger
 from vllm.v1.core.sched.scheduler import Scheduler
 
 from medha_vllm import vllm_seams as seams
 from medha_vllm.config import MedhaConfig
+from medha_vllm.engine_view import PauseTracker, batch_shape, build_view
 from medha_vllm.metrics import MedhaMetricsRecorder
 from medha_vllm.pipeline import BatchLedger
 from medha_vllm.policy.budget import budgets_for
-from medha_vllm.policy.planner import (EngineView, IterationPlan, PlannerSettings, RequestView,
-                                       plan_iteration)
-from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor, OnlineCorrection
-from medha_vllm.policy.waiting import WaitingSet
-from medha_vllm.policy.work import DeadlineRules, PrefillWork
+from medha_vllm.policy.planner import IterationPlan, plan_iteration
+from medha_vllm.policy.predictor import LinearBatchPredictor, OnlineCorrection
+from medha_vllm.policy.work import PrefillWork
 from medha_vllm.slo import SloBook, requested_deadlines
 from medha_vllm.startup_profile import StartupProfile
 
@@ -74,18 +73,10 @@ class MedhaScheduler(Scheduler):
 
         check_vllm_version()  # a clear error, before anything else can fail
         super().__init__(*args, **kwargs)
-        seams.check_seams(self)
+        self._mamba_align = seams.take_over(self, logger)
         self.medha = cfg = MedhaConfig.from_vllm_config(self.vllm_config).resolve(
             on_gpu=current_platform.is_cuda_alike())
         cfg.check_paths()  # before the first forward pass writes the timeline
-        if seams.use_fcfs_waiting_queue(self):
-            logger.info("Medha: ordering by (priority, relative slack); vLLM's "
-                        "--scheduling-policy is superseded")
-        self._mamba_align = seams.enable_chunk_cap_hook(self)
-        dropped = seams.drop_local_prefill_cadence(self)
-        if dropped > 1:
-            logger.warning("Medha: --prefill-schedule-interval %d is not applied on this "
-                           "engine (Medha decides when prefill chunks run)", dropped)
         # Chunk caps of this iteration (req_id -> tokens) and the cap of a
         # running request not in the map (None: uncapped).
         self._caps: dict[str, int] = {}
@@ -98,16 +89,10 @@ class MedhaScheduler(Scheduler):
         self.ledger = BatchLedger(self.stages)
         self.correction = OnlineCorrection()
         self.metrics = MedhaMetricsRecorder(cfg.target_batch_time_s)
-        self.settings = PlannerSettings(
-            target_batch_time_s=cfg.target_batch_time_s, solo_batch_time_s=cfg.solo_batch_time_s,
-            min_chunk=cfg.min_chunk_size, max_chunk=cfg.max_chunk_size,
-            space_sharing=cfg.space_sharing, long_request_threshold=cfg.long_request_threshold,
-            rho_max=cfg.space_sharing_max_slack, starvation_guard=cfg.starvation_guard)
-        self.rules = DeadlineRules(cfg.ttft_deadline_multiplier, cfg.ttft_deadline_floor_s,
-                                   cfg.tbt_slo_s, cfg.client_slos, cfg.min_request_deadline_s)
+        self.settings, self.rules = cfg.planner_settings(), cfg.deadline_rules()
         self.slo = SloBook(self._new_slack_state, self.metrics.count_miss)
         self.last_plan: IterationPlan | None = None
-        self._was_scheduled: set[str] = set()
+        self.pauses = PauseTracker(self.metrics)
         self.profile = StartupProfile(self, cfg)
         self.metrics.set_profile_error(self.profile.profile_error)
         self.set_predictor(self.profile.predictor or LinearBatchPredictor(),
@@ -169,45 +154,16 @@ class MedhaScheduler(Scheduler):
             output = super().schedule(throttle_prefills)
         finally:
             self._caps, self._cap_running = {}, None
-        shape = self._shape_of(output)
+        shape = batch_shape(output, self.requests)
         self.ledger.dispatched(shape, self.perf_clock(), clean)
         if not clean and shape.num_tokens:
             self.metrics.count_overlapped_batch()
-        self._account_pauses(output)
+        self.pauses.observe(output, self.requests, self.profile.active)
         return output
 
     def _plan_and_apply(self) -> None:
-        self._apply(plan_iteration(self._view(), self.settings, self.work,
+        self._apply(plan_iteration(build_view(self), self.settings, self.work,
                                    self.correction.factor(True)))
-
-    def _view(self) -> EngineView:
-        free_slots = self.max_num_running_reqs - len(self.running)
-        states, make_state = self.slo.states, self.slo.state
-
-        def view(r, kv: int) -> RequestView:
-            return RequestView(r.request_id, r.num_prompt_tokens, r.num_tokens,
-                               r.num_computed_tokens, r.num_in_flight_tokens,
-                               states.get(r.request_id) or make_state(r), kv, r.num_preemptions)
-
-        running = tuple(view(r, seams.kv_blocks_of(self, r.request_id)
-                             if r.num_computed_tokens < r.num_prompt_tokens else 0)
-                        for r in self.running)
-        # NOTE(medha): waiting requests matter only when a running slot is free.
-        fresh, others = [], []
-        if free_slots > 0:
-            for r in seams.admissible_waiting(self):
-                (others if r.num_computed_tokens else fresh).append(r)
-        lookup = self.slo.table.lookup
-        slots = [lookup(r.request_id) for r in fresh]
-        if None in slots:  # requests seen for the first time
-            slots = [s if s is not None else self.slo.slot(r) for s, r in zip(slots, fresh)]
-        waiting = WaitingSet(np.array(slots, dtype=np.int64), self.slo.table,
-                             lambda i: view(fresh[i], 0), tuple(view(r, 0) for r in others))
-        return EngineView(
-            now=self.clock(), running=running, waiting=waiting, num_waiting=len(self.waiting),
-            free_slots=free_slots, free_kv_blocks=seams.free_kv_blocks(self),
-            block_size=self.block_size, token_budget=self.max_num_scheduled_tokens,
-            stages=self.stages, batches_in_flight=len(self.ledger))
 
     def _apply(self, plan: IterationPlan) -> None:
         for rid in plan.victims:
@@ -248,31 +204,6 @@ class MedhaScheduler(Scheduler):
             # NOTE(medha): only planned waiting requests are admitted.
             cap = self._cap_running if seams.is_running(request) else 0
         return num_new_tokens if cap is None else min(num_new_tokens, cap)
-
-    def _shape_of(self, output) -> BatchShape:
-        chunks, decodes = [], []
-        for rid, n in output.num_scheduled_tokens.items():
-            req = self.requests[rid]
-            before = req.num_computed_tokens - n
-            if n == 1 and before >= req.num_prompt_tokens:
-                decodes.append(before)
-            else:
-                chunks.append((n, before))
-        return BatchShape(tuple(chunks), tuple(decodes))
-
-    def _account_pauses(self, output) -> None:
-        scheduled = output.num_scheduled_tokens.keys()
-        if not self.profile.active:
-            # A request scheduled last iteration, running and unfinished, that
-            # got nothing now was paused between chunks (set ops in C).
-            for rid in self._was_scheduled - scheduled:
-                req = self.requests.get(rid)
-                if req is not None and seams.is_running(req) and \
-                        req.num_computed_tokens < req.num_tokens:
-                    self.metrics.count_preemption("pause")
-            for _ in output.preempted_req_ids or ():
-                self.metrics.count_preemption("recompute")
-        self._was_scheduled = set(scheduled) if not self.profile.active else set()
 
     # ------------------------------------------------------------ outputs
     def update_from_output(self, scheduler_output, model_runner_output):

@@ -151,6 +151,22 @@ def enable_chunk_cap_hook(sched: Scheduler) -> bool:
     return mamba
 
 
+def take_over(sched: Scheduler, log: Any) -> bool:
+    """Everything a new MedhaScheduler changes in vLLM's scheduler once: the
+    seams are checked (VllmSeamError), `waiting` becomes FCFS, vLLM's prefill
+    cadence is dropped and the chunk hook turned on. Returns whether the hook
+    must delegate to vLLM's Mamba alignment."""
+    check_seams(sched)
+    if use_fcfs_waiting_queue(sched):
+        log.info("Medha: ordering by (priority, relative slack); vLLM's "
+                 "--scheduling-policy is superseded")
+    dropped = drop_local_prefill_cadence(sched)
+    if dropped > 1:
+        log.warning("Medha: --prefill-schedule-interval %d is not applied on this "
+                    "engine (Medha decides when prefill chunks run)", dropped)
+    return enable_chunk_cap_hook(sched)
+
+
 def free_kv_blocks(sched: Scheduler) -> int:
     return sched.kv_cache_manager.block_pool.get_num_free_blocks()
 

@@ -147,7 +147,8 @@ def test_grafana_dashboard_queries_name_live_series(server, client):
     assert {n for n in names if n.startswith("medha:")} >= {
         "medha:chunk_size_tokens_bucket", "medha:relative_slack_bucket",
         "medha:deadline_misses_total", "medha:preemptions_total", "medha:predictor_error_ratio",
-        "medha:iteration_time_seconds_bucket", "medha:target_batch_time_seconds"}
+        "medha:iteration_time_seconds_bucket", "medha:target_batch_time_seconds",
+        "medha:overlapped_batches_total"}
     missing = [n for n in sorted(names) if not re.search(rf"^{re.escape(n)}[{{ ]", text, re.M)]
     assert not missing, f"dashboard queries series absent from /metrics: {missing}"
 
