@@ -184,6 +184,9 @@ def preempt_for_recompute(sched: Scheduler, request: Request, timestamp: float) 
 
 def reorder_running(sched: Scheduler, order: list[str]) -> None:
     """Put `running` in the plan's order (vLLM's victim is running[-1])."""
+    running = sched.running
+    if len(running) == len(order) and all(r.request_id == o for r, o in zip(running, order)):
+        return  # already in order (the usual case: decodes keep their places)
     pos = {rid: i for i, rid in enumerate(order)}
     rank = pos.get
     end = len(pos)

@@ -199,6 +199,10 @@ def largest_fitting_chunk(time_of, limit_s: float, remaining: int, min_chunk: in
     best = 0
     if cands_tail is not None and time_of(cands_tail) <= limit_s:
         return cands_tail
+    # NOTE(medha): once the budget is spent most candidates fit nothing; the
+    # smallest chunk settles that in one prediction instead of a search.
+    if time_of(min(min_chunk, remaining)) > limit_s:
+        return 0
     lo, hi = 1, k_max
     while lo <= hi:
         mid = (lo + hi) // 2

@@ -1,6 +1,8 @@
 """Step-table tests of batch formation with a fake (exact, linear) predictor."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medha_vllm.policy.batching import PrefillCandidate, plan_batch
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor, largest_fitting_chunk
@@ -21,6 +23,27 @@ def test_largest_fitting_chunk_grid_and_tail():
     assert largest_fitting_chunk(t, 0.05, 10_000, 32, 8192) == 384   # 0.01+0.0384 <= 0.05
     assert largest_fitting_chunk(t, 0.05, 100, 32, 8192) == 100      # whole remainder fits
     assert largest_fitting_chunk(t, 0.0105, 10_000, 32, 8192) == 0   # nothing fits
+
+
+@given(base=st.floats(0, 0.2), per_tok=st.floats(1e-6, 1e-3), quad=st.floats(0, 1e-6),
+       limit=st.floats(0, 0.3), remaining=st.integers(0, 5000), min_chunk=st.sampled_from([1, 16, 32]),
+       max_chunk=st.integers(32, 4096))
+def test_largest_fitting_chunk_is_the_largest_candidate_that_fits(base, per_tok, quad, limit,
+                                                                  remaining, min_chunk, max_chunk):
+    """Against the definition: the whole remainder when it is a candidate
+    (<= max_chunk) and fits, else the largest multiple of min_chunk up to
+    min(remaining, max_chunk) that fits, else a remainder below min_chunk
+    that fits, else 0 (a non-decreasing cost, as predictions are)."""
+    t = lambda n: base + per_tok * n + quad * n * n  # noqa: E731
+    hi = min(remaining, max_chunk)
+    if remaining > 0 and remaining <= max_chunk and t(remaining) <= limit:
+        want = remaining
+    else:
+        fits = [k * min_chunk for k in range(1, hi // min_chunk + 1) if t(k * min_chunk) <= limit]
+        want = max(fits, default=0)
+        if want == 0 and 0 < remaining < min_chunk and t(remaining) <= limit:
+            want = remaining
+    assert largest_fitting_chunk(t, limit, remaining, min_chunk, max_chunk) == want
 
 
 def test_decodes_first_then_prefills_in_priority_order():
