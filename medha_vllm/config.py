@@ -13,7 +13,11 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # policy types only; config.py stays importable alone
+    from medha_vllm.policy.planner import PlannerSettings
+    from medha_vllm.policy.work import DeadlineRules
 
 
 class MedhaConfigError(ValueError):
@@ -183,7 +187,7 @@ class MedhaConfig:
                 raise MedhaConfigError(f"medha option 'timeline_path' = '{self.timeline_path}' "
                                        "is not writable")
 
-    def planner_settings(self) -> Any:
+    def planner_settings(self) -> "PlannerSettings":
         """The planner's knobs (policy.planner.PlannerSettings) of a resolved
         config; the profile may later replace the budgets (policy/budget.py)."""
         from medha_vllm.policy.planner import PlannerSettings
@@ -195,7 +199,7 @@ class MedhaConfig:
             long_request_threshold=self.long_request_threshold,
             rho_max=self.space_sharing_max_slack, starvation_guard=self.starvation_guard)
 
-    def deadline_rules(self) -> Any:
+    def deadline_rules(self) -> "DeadlineRules":
         """How a new request's deadlines are set (policy.work.DeadlineRules)."""
         from medha_vllm.policy.work import DeadlineRules
 

@@ -21,7 +21,7 @@ def build_view(sched: Any) -> EngineView:
     """The planner's snapshot of `sched` (a MedhaScheduler) now."""
     free_slots = sched.max_num_running_reqs - len(sched.running)
     states, make_state = sched.slo.states, sched.slo.state
-    # NOTE(medha): built once per running request every iteration, so the
+    # NOTE(medha): built for every running request each iteration, so the
     # tuple is made directly (tuple.__new__: no NamedTuple __new__ frame).
     new = tuple.__new__
 
@@ -31,12 +31,9 @@ def build_view(sched: Any) -> EngineView:
                                  states.get(r.request_id) or make_state(r), kv,
                                  r.num_preemptions))
 
-    running = tuple([new(RequestView, (
-        r.request_id, r.num_prompt_tokens, r.num_tokens, r.num_computed_tokens,
-        r.num_in_flight_tokens, states.get(r.request_id) or make_state(r),
-        seams.kv_blocks_of(sched, r.request_id)
-        if r.num_computed_tokens < r.num_prompt_tokens else 0,
-        r.num_preemptions)) for r in sched.running])
+    running = tuple([view(r, seams.kv_blocks_of(sched, r.request_id)
+                          if r.num_computed_tokens < r.num_prompt_tokens else 0)
+                     for r in sched.running])
     # NOTE(medha): waiting requests matter only when a running slot is free.
     fresh, others = [], []
     if free_slots > 0:

@@ -60,9 +60,12 @@ class GroupBlockPools:
 
     def shortage(self, req_id: str, tokens: int) -> Shortage | None:
         """Why growing `req_id` to `tokens` tokens would fail (None: it fits)."""
+        return self._shortage(req_id, self.layout.blocks_per_group(tokens))
+
+    def _shortage(self, req_id: str, need: list[int]) -> Shortage | None:
         have = [len(b) for b in self._blocks.get(req_id, [[] for _ in self._free])]
-        for g, need in enumerate(self.layout.blocks_per_group(tokens)):
-            extra = need - have[g]
+        for g, n in enumerate(need):
+            extra = n - have[g]
             if extra > len(self._free[g]):
                 return Shortage(g, extra, len(self._free[g]))
         return None
@@ -73,12 +76,13 @@ class GroupBlockPools:
         self.layout.check_fits(tokens)
         if tokens <= self._tokens.get(req_id, 0):
             return None
-        short = self.shortage(req_id, tokens)
+        need = self.layout.blocks_per_group(tokens)
+        short = self._shortage(req_id, need)
         if short is not None:
             return short
         blocks = self._blocks.setdefault(req_id, [[] for _ in self._free])
-        for g, need in enumerate(self.layout.blocks_per_group(tokens)):
-            while len(blocks[g]) < need:
+        for g, n in enumerate(need):
+            while len(blocks[g]) < n:
                 blocks[g].append(self._free[g].pop())
         self._tokens[req_id] = tokens
         return None

@@ -203,6 +203,8 @@ def largest_fitting_chunk(time_of, limit_s: float, remaining: int, min_chunk: in
     # smallest chunk settles that in one prediction instead of a search.
     if time_of(min(min_chunk, remaining)) > limit_s:
         return 0
+    if remaining < min_chunk:
+        return remaining  # off the grid, and it fits
     lo, hi = 1, k_max
     while lo <= hi:
         mid = (lo + hi) // 2
@@ -211,6 +213,4 @@ def largest_fitting_chunk(time_of, limit_s: float, remaining: int, min_chunk: in
             lo = mid + 1
         else:
             hi = mid - 1
-    if best == 0 and remaining < min_chunk and time_of(remaining) <= limit_s:
-        best = remaining
     return best
