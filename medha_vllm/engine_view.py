@@ -15,6 +15,7 @@ from medha_vllm import vllm_seams as seams
 from medha_vllm.policy.planner import EngineView, RequestView
 from medha_vllm.policy.predictor import BatchShape
 from medha_vllm.policy.waiting import WaitingSet
+from medha_vllm.waiting_queue import IndexedWaitingQueue
 
 
 def build_view(sched: Any) -> EngineView:
@@ -35,21 +36,59 @@ def build_view(sched: Any) -> EngineView:
                           if r.num_computed_tokens < r.num_prompt_tokens else 0)
                      for r in sched.running])
     # NOTE(medha): waiting requests matter only when a running slot is free.
-    fresh, others = [], []
-    if free_slots > 0:
-        for r in seams.admissible_waiting(sched):
-            (others if r.num_computed_tokens else fresh).append(r)
-    lookup = sched.slo.table.lookup
-    slots = [lookup(r.request_id) for r in fresh]
-    if None in slots:  # requests seen for the first time
-        slots = [s if s is not None else sched.slo.slot(r) for s, r in zip(slots, fresh)]
-    waiting = WaitingSet(np.array(slots, dtype=np.int64), sched.slo.table,
-                         lambda i: view(fresh[i], 0), tuple(view(r, 0) for r in others))
+    if free_slots <= 0:
+        waiting = WaitingSet.empty()
+    elif isinstance(sched.waiting, IndexedWaitingQueue) and sched.connector is None:
+        waiting = _indexed_waiting(sched, sched.waiting, view)
+    else:
+        waiting = _scanned_waiting(sched, view)
     return EngineView(
         now=sched.clock(), running=running, waiting=waiting, num_waiting=len(sched.waiting),
         free_slots=free_slots, free_kv_blocks=seams.free_kv_blocks(sched),
         block_size=sched.block_size, token_budget=sched.max_num_scheduled_tokens,
         stages=sched.stages, batches_in_flight=len(sched.ledger))
+
+
+def _indexed_waiting(sched: Any, q: IndexedWaitingQueue, view) -> WaitingSet:
+    """From the queue's membership and its cached rank-table slots: only the
+    requests that entered since the last iteration are looked at. With no KV
+    connector, a request in `waiting` holds no KV and has computed nothing
+    (vLLM 0.32 keeps block holders in `kv_holding_waiting`); admissibility
+    (status) is checked for the requests the planner picks, at pick time."""
+    slo, slots = sched.slo, q.slots
+    table = slo.table
+    if q.slots_generation != table.generation:  # the predictor changed: rows made anew
+        slots.clear()
+        q.entered = list(q.members.values())
+        q.slots_generation = table.generation
+    if q.entered:
+        members, slot = q.members, slo.slot
+        for r in q.entered:
+            if members.get(r.request_id) is r and r.request_id not in slots:
+                slots[r.request_id] = slot(r)
+        q.entered = []
+    members, ids = q.members, list(slots)
+    ok = seams.ADMISSIBLE
+
+    def view_of(i: int):
+        r = members[ids[i]]
+        return view(r, 0) if r.status in ok else None
+
+    return WaitingSet(np.fromiter(slots.values(), dtype=np.int64, count=len(ids)), table,
+                      view_of)
+
+
+def _scanned_waiting(sched: Any, view) -> WaitingSet:
+    """By walking the queue (a KV connector, or a queue that is not Medha's)."""
+    fresh, others = [], []
+    for r in seams.admissible_waiting(sched):
+        (others if r.num_computed_tokens else fresh).append(r)
+    lookup = sched.slo.table.lookup
+    slots = [lookup(r.request_id) for r in fresh]
+    if None in slots:  # requests seen for the first time
+        slots = [s if s is not None else sched.slo.slot(r) for s, r in zip(slots, fresh)]
+    return WaitingSet(np.array(slots, dtype=np.int64), sched.slo.table,
+                      lambda i: view(fresh[i], 0), tuple(view(r, 0) for r in others))
 
 
 def batch_shape(output: Any, requests: dict) -> BatchShape:

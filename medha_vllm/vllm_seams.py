@@ -17,7 +17,10 @@ The seams:
 - preemption: `Scheduler._preempt_request(request, timestamp)` frees the
   request's blocks, resets it for recompute and prepends it to `waiting`.
 - queues: `running` (a list, victims taken from its end) and `waiting` (a
-  `FCFSRequestQueue`, a deque, re-ordered in place).
+  `FCFSRequestQueue`, a deque, re-ordered in place; Medha installs its
+  subclass that keeps the membership, waiting_queue.py). vLLM keeps requests
+  that hold KV blocks in `kv_holding_waiting`, so one in `waiting` has
+  computed nothing.
 - KV state: `kv_cache_manager.block_pool.get_num_free_blocks()` and
   `kv_cache_manager.get_block_ids(request_id)`.
 - requests: `Request(request_id, prompt_token_ids, sampling_params,
@@ -32,10 +35,11 @@ The seams:
 from __future__ import annotations
 
 import inspect
+from collections import deque
 from typing import Any, Callable
 
 from vllm.sampling_params import SamplingParams
-from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+from vllm.v1.core.sched.request_queue import FCFSRequestQueue, SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
@@ -73,7 +77,6 @@ _SIGNATURES: tuple[tuple[str, Callable[[], Callable], list[str]], ...] = (
      ["self", "request_ids", "finished_status"]),
     ("Request.__init__", lambda: Request.__init__,
      ["self", "request_id", "prompt_token_ids", "sampling_params", "pooling_params"]),
-    ("create_request_queue", lambda: create_request_queue, ["policy"]),
     ("get_request_block_hasher", lambda: _hasher_fns()[0], ["hash_block_size", "caching_hash_fn"]),
     ("get_hash_fn_by_name", lambda: _hasher_fns()[1], ["hash_fn_name"]),
 )
@@ -82,7 +85,7 @@ _REQUEST_FIELDS = ("request_id", "num_computed_tokens", "num_in_flight_tokens", 
 _SCHEDULER_ATTRS = ("running", "waiting", "requests", "kv_cache_manager", "kv_cache_config",
                     "max_num_running_reqs", "max_num_scheduled_tokens", "max_model_len",
                     "block_size", "hash_block_size", "finished_req_ids", "policy",
-                    "need_mamba_block_aligned_split", "vllm_config")
+                    "need_mamba_block_aligned_split", "vllm_config", "connector")
 
 
 def check_seams(scheduler: Any | None = None) -> None:
@@ -97,6 +100,9 @@ def check_seams(scheduler: Any | None = None) -> None:
             continue
         if got[:len(expected)] != expected:
             problems.append(f"{what}: parameters {got[:len(expected)]}, expected {expected}")
+    # waiting_queue.py overrides the deque mutators vLLM's queue is built on.
+    if not issubclass(FCFSRequestQueue, deque):
+        problems.append("FCFSRequestQueue: no longer a deque")
     probe = Request("medha-seam-probe", [1, 2, 3], SamplingParams(max_tokens=1), None)
     problems += [f"Request.{f}: missing" for f in _REQUEST_FIELDS if not hasattr(probe, f)]
     if scheduler is not None:
@@ -119,16 +125,17 @@ def check_seams(scheduler: Any | None = None) -> None:
 
 # ------------------------------------------------------------------ the seams
 def use_fcfs_waiting_queue(sched: Scheduler) -> bool:
-    """Make `waiting` the FCFS deque (Medha orders it itself every iteration;
-    vLLM's priority heap would fight that order). Returns True if changed."""
-    if sched.policy == SchedulingPolicy.FCFS:
-        return False
-    old = list(sched.waiting)
+    """Make `waiting` Medha's FCFS deque (waiting_queue.py: vLLM's
+    FCFSRequestQueue that also keeps its membership; Medha orders it itself
+    every iteration, and vLLM's priority heap would fight that order).
+    Returns True if vLLM's policy was not FCFS (superseded)."""
+    from medha_vllm.waiting_queue import IndexedWaitingQueue
+
+    superseded = sched.policy != SchedulingPolicy.FCFS
     sched.policy = SchedulingPolicy.FCFS
-    sched.waiting = create_request_queue(SchedulingPolicy.FCFS)
-    for r in old:
-        sched.waiting.add_request(r)
-    return True
+    if not isinstance(sched.waiting, IndexedWaitingQueue):
+        sched.waiting = IndexedWaitingQueue(list(sched.waiting))
+    return superseded
 
 
 def drop_local_prefill_cadence(sched: Scheduler) -> int:

@@ -36,6 +36,8 @@ class RankTable:
         self._rows = np.zeros((capacity, _COLS))
         self._slot: dict[str, int] = {}
         self._free: list[int] = list(range(capacity - 1, -1, -1))
+        # Bumped by clear(): slots cached elsewhere are stale after it.
+        self.generation = 0
         # req_id -> slot or None, at dict speed (the per-iteration gather).
         self.lookup = self._slot.get
 
@@ -64,6 +66,7 @@ class RankTable:
     def clear(self) -> None:
         self._free.extend(self._slot.values())
         self._slot.clear()
+        self.generation += 1
 
     def order(self, slots: np.ndarray, now: float, order: str,
               starvation_guard: float = 0.0) -> np.ndarray:
@@ -93,23 +96,31 @@ class WaitingSet:
     slots: np.ndarray
     # Their rows.
     table: RankTable
-    # Full view of the i-th queued request, built on demand.
+    # Full view of the i-th queued request, built on demand; None when that
+    # request cannot be admitted now (the next most urgent is taken instead).
     view_of: Callable[[int], object]
     # Waiting requests with computed tokens (ranked with exact remaining work).
     others: tuple = ()
 
     def __len__(self) -> int:
+        """Queued requests (some may not be admissible now: see view_of)."""
         return len(self.slots) + len(self.others)
 
     def candidates(self, k: int, now: float, order: str, starvation_guard: float = 0.0) -> list:
-        """The `k` most urgent queued requests' views (by their rows), plus
-        every request in `others`; the planner ranks them exactly."""
+        """The `k` most urgent admissible queued requests' views (by their
+        rows), plus every request in `others`; the planner ranks them exactly."""
         n = len(self.slots)
         if n <= k:
-            picked = range(n)
-        else:
-            picked = self.table.order(self.slots, now, order, starvation_guard)[:k].tolist()
-        return [self.view_of(i) for i in picked] + list(self.others)
+            views = [self.view_of(i) for i in range(n)]
+            return [v for v in views if v is not None] + list(self.others)
+        picked = []
+        for i in self.table.order(self.slots, now, order, starvation_guard).tolist():
+            v = self.view_of(i)
+            if v is not None:
+                picked.append(v)
+                if len(picked) == k:
+                    break
+        return picked + list(self.others)
 
     @classmethod
     def of(cls, views: Sequence) -> "WaitingSet":
