@@ -187,6 +187,14 @@ class MedhaConfig:
                 raise MedhaConfigError(f"medha option 'timeline_path' = '{self.timeline_path}' "
                                        "is not writable")
 
+    def describe(self, settings: "PlannerSettings", rules: "DeadlineRules") -> str:
+        """The start-up log's summary of the budgets and chunking in force."""
+        return (f"target batch time {settings.target_batch_time_s:.3f} s (solo "
+                f"{settings.solo_batch_time_s:.3f} s), TBT SLO {rules.tbt_slo_s:.3f} s, chunks "
+                f"{self.min_chunk_size}..{self.max_chunk_size}, space sharing {self.space_sharing} "
+                f"(long >= {self.long_request_threshold} tokens, rho_max "
+                f"{self.space_sharing_max_slack:.2f})")
+
     def planner_settings(self) -> "PlannerSettings":
         """The planner's knobs (policy.planner.PlannerSettings) of a resolved
         config; the profile may later replace the budgets (policy/budget.py)."""

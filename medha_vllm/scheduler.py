@@ -43,7 +43,7 @@ from medha_vllm.policy.budget import budgets_for
 from medha_vllm.policy.planner import IterationPlan, plan_iteration
 from medha_vllm.policy.predictor import LinearBatchPredictor, OnlineCorrection
 from medha_vllm.policy.work import PrefillWork
-from medha_vllm.slo import SloBook, requested_deadlines
+from medha_vllm.slo import SloBook, slack_state_of
 from medha_vllm.startup_profile import StartupProfile
 
 # NOTE(medha): under the "vllm." namespace so vLLM's logging config shows it.
@@ -97,13 +97,8 @@ class MedhaScheduler(Scheduler):
         self.metrics.set_profile_error(self.profile.profile_error)
         self.set_predictor(self.profile.predictor or LinearBatchPredictor(),
                            profiled=self.profile.predictor is not None)
-        logger.info(
-            "Medha scheduler: target batch time %.3f s (solo %.3f s), TBT SLO %.3f s, "
-            "chunks %d..%d, space sharing %s (long >= %d tokens, rho_max %.2f), "
-            "pipeline stages %d, async scheduling %s", self.settings.target_batch_time_s,
-            self.settings.solo_batch_time_s, self.rules.tbt_slo_s, cfg.min_chunk_size,
-            cfg.max_chunk_size, cfg.space_sharing, cfg.long_request_threshold,
-            cfg.space_sharing_max_slack, self.stages, self.async_scheduling)
+        logger.info("Medha scheduler: %s, pipeline stages %d, async scheduling %s",
+                    cfg.describe(self.settings, self.rules), self.stages, self.async_scheduling)
 
     def set_predictor(self, predictor: LinearBatchPredictor, profiled: bool = True) -> None:
         """Use `predictor` from now on (deadlines are re-derived from it); a
@@ -124,15 +119,7 @@ class MedhaScheduler(Scheduler):
         self.slo.clear()
 
     def _new_slack_state(self, request):
-        sp = request.sampling_params
-        ttft, tbt = requested_deadlines(request.request_id, sp.extra_args if sp else None)
-        st = self.work.new_slack_state(request.arrival_time, request.num_prompt_tokens,
-                                       self.rules, ttft, tbt, request.priority)
-        if st.floored:
-            self.metrics.count_floored_deadline(request.request_id)
-            logger.debug("Medha: request %s: declared TTFT deadline %.3f s raised to the "
-                         "client floor %.3f s", request.request_id, ttft, st.ttft_deadline_s)
-        return st
+        return slack_state_of(request, self.work, self.rules, self.metrics.count_floored_deadline)
 
     def has_requests(self) -> bool:
         if self.profile.active:
@@ -146,10 +133,11 @@ class MedhaScheduler(Scheduler):
     # ------------------------------------------------------------ schedule
     def schedule(self, throttle_prefills: bool = False):
         clean = not self.ledger.in_flight()
-        if self.profile.active:
-            self._profile_iteration(clean)
-        else:
+        caps = self.profile.iteration_caps(clean) if self.profile.active else None
+        if caps is None:
             self._plan_and_apply()
+        else:  # a start-up profile batch, dictated (waiting requests: none)
+            self._caps, self._cap_running = caps, 0
         try:
             output = super().schedule(throttle_prefills)
         finally:
@@ -179,21 +167,6 @@ class MedhaScheduler(Scheduler):
             self.metrics.observe_slack(plan.most_urgent_rho)
         self.last_plan = plan
 
-    def _profile_iteration(self, clean: bool) -> None:
-        # NOTE(medha): with pipeline stages the engine asks for the next batch
-        # while one is in flight; profile batches are timed one at a time, so
-        # nothing is dispatched meanwhile.
-        caps = self.profile.next_caps() if clean else {}
-        if caps is None:
-            predictor = self.profile.finish()
-            if predictor is not None:
-                self.set_predictor(predictor)
-                self.metrics.set_profile_error(self.profile.profile_error)
-            self._plan_and_apply()
-            return
-        self._caps, self._cap_running = caps, 0
-        seams.reorder_waiting(self, [self.requests[rid] for rid in caps if rid in self.requests])
-
     def _mamba_block_aligned_split(self, request, num_new_tokens: int, *args: Any,
                                    **kwargs: Any) -> int:
         if self._mamba_align:
@@ -213,10 +186,8 @@ class MedhaScheduler(Scheduler):
             if self.profile.active:
                 self.profile.record(batch.shape, measured)
             else:
-                has_prefill = bool(batch.shape.prefill_chunks)
-                pred = self.predictor.predict(batch.shape) * self.correction.factor(has_prefill)
-                self.correction.observe(has_prefill, pred, measured)
-                self.metrics.observe_iteration(measured, pred)
+                self.metrics.observe_iteration(measured, self.correction.observe_batch(
+                    self.predictor, batch.shape, measured))
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         StartupProfile.drop_outputs(outputs)
         now = self.clock()

@@ -46,6 +46,23 @@ def requested_deadlines(request_id: str, extra_args: dict | None) -> tuple[float
     return out[0], out[1]
 
 
+def slack_state_of(request: Any, work: Any, rules: Any,
+                   on_floored: Callable[[str], None]) -> SlackState:
+    """A vLLM request's slack state: its declared deadlines (`vllm_xargs`)
+    under `rules`, else the length-aware defaults of `work` (PrefillWork).
+    `on_floored(req_id)` is called when a declared TTFT deadline was raised to
+    the client floor."""
+    sp = request.sampling_params
+    ttft, tbt = requested_deadlines(request.request_id, sp.extra_args if sp else None)
+    st = work.new_slack_state(request.arrival_time, request.num_prompt_tokens, rules, ttft, tbt,
+                              request.priority)
+    if st.floored:
+        on_floored(request.request_id)
+        logger.debug("Medha: request %s: declared TTFT deadline %.3f s raised to the client "
+                     "floor %.3f s", request.request_id, ttft, st.ttft_deadline_s)
+    return st
+
+
 class SloBook:
     """Slack state per live request, and the deadline of its next token.
 

@@ -162,6 +162,22 @@ class StartupProfile:
         self._step += 1
         return dict(step.caps)
 
+    def iteration_caps(self, clean: bool) -> dict[str, int] | None:
+        """This iteration's dictated batch (req_id -> tokens, with `waiting`
+        put in its order; {} while a batch is in flight: profile batches are
+        timed one at a time, so nothing is dispatched meanwhile), or None once
+        the profile is over (the fitted predictor is then in use)."""
+        s = self.sched
+        caps = self.next_caps() if clean else {}
+        if caps is None:
+            predictor = self.finish()
+            if predictor is not None:
+                s.set_predictor(predictor)
+                s.metrics.set_profile_error(self.profile_error)
+            return None
+        seams.reorder_waiting(s, [s.requests[rid] for rid in caps if rid in s.requests])
+        return caps
+
     def record(self, shape: BatchShape, seconds: float) -> None:
         if self._rec is not None:
             self._rec.record(shape, seconds)

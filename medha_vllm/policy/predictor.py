@@ -148,6 +148,15 @@ class OnlineCorrection:
         r = min(4.0, max(0.25, measured / (predicted / self.ratio[has_prefill])))
         self.ratio[has_prefill] += self.alpha * (r - self.ratio[has_prefill])
 
+    def observe_batch(self, predictor: "LinearBatchPredictor", shape: BatchShape,
+                      measured: float) -> float:
+        """Learn from a batch of `shape` that took `measured` seconds; returns
+        the corrected prediction it had (before this update)."""
+        has_prefill = bool(shape.prefill_chunks)
+        predicted = predictor.predict(shape) * self.factor(has_prefill)
+        self.observe(has_prefill, predicted, measured)
+        return predicted
+
 
 class PrefillTimeTable:
     """T[n]: predicted time to prefill the first n tokens of a prompt alone,
