@@ -56,6 +56,12 @@ _SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
         "wall-clock cap of the start-up profiling run (s)"),
     "profile_max_context": (int, 64, 1 << 24, True,
         "longest context (tokens) the start-up profile measures; longer ones extrapolate"),
+    "kv_parallel_size": (int, 1, 64, True,
+        "KV-cache parallelism: worker groups, each a full TP x PP replica of the weights, that "
+        "hold one request's KV cache in contiguous token ranges (world = TP x PP x KVP)"),
+    "kvp_max_tokens_per_group": (int, 1, 1 << 40, True,
+        "tokens of one request's KV cache one KVP group holds (a multiple of the KV block "
+        "size); default: what one worker's KV cache holds"),
 }
 _BOOL_OPTS = {
     "space_sharing": "give a long prefill only part of the budget, the rest to short prefills",
@@ -109,6 +115,10 @@ class MedhaConfig:
     profile_max_context: int = 65536
     # Attention kernel on CPU (medha_vllm/attention): auto, medha or vllm.
     attention_backend: str = "auto"
+    # KV-cache parallelism (medha_vllm/kvp): worker groups and the shard
+    # size (None: what one worker's KV cache holds).
+    kv_parallel_size: int = 1
+    kvp_max_tokens_per_group: int | None = None
     # Stage timeline (Chrome trace) output file; None: off.
     timeline_path: str | None = None
     # Anything the user passed that we resolved (for logging).
@@ -118,7 +128,8 @@ class MedhaConfig:
         for name, (typ, lo, hi, lo_incl, desc) in _SPECS.items():
             value = getattr(self, name)
             if value is None and name in ("target_batch_time_s", "tbt_slo_s",
-                                          "solo_batch_time_s", "min_request_deadline_s"):
+                                          "solo_batch_time_s", "min_request_deadline_s",
+                                          "kvp_max_tokens_per_group"):
                 continue
             _check_number(name, value, typ, lo, hi, lo_incl)
         for name in _BOOL_OPTS:

@@ -37,6 +37,7 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from medha_vllm import vllm_seams as seams
 from medha_vllm.config import MedhaConfig
 from medha_vllm.engine_view import PauseTracker, batch_shape, build_view
+from medha_vllm.kvp import scheduling as kvp_scheduling
 from medha_vllm.metrics import MedhaMetricsRecorder
 from medha_vllm.pipeline import BatchLedger
 from medha_vllm.policy.budget import budgets_for
@@ -93,6 +94,7 @@ class MedhaScheduler(Scheduler):
         self.slo = SloBook(self._new_slack_state, self.metrics.count_miss)
         self.last_plan: IterationPlan | None = None
         self.pauses = PauseTracker(self.metrics)
+        self.kvp = kvp_scheduling.attach(self, cfg.kv_parallel_size, cfg.kvp_max_tokens_per_group)
         self.profile = StartupProfile(self, cfg)
         self.metrics.set_profile_error(self.profile.profile_error)
         self.set_predictor(self.profile.predictor or LinearBatchPredictor(),
@@ -176,6 +178,7 @@ class MedhaScheduler(Scheduler):
         if cap is None:
             # NOTE(medha): only planned waiting requests are admitted.
             cap = self._cap_running if seams.is_running(request) else 0
+        num_new_tokens = kvp_scheduling.cap_chunk(self.kvp, request, num_new_tokens)
         return num_new_tokens if cap is None else min(num_new_tokens, cap)
 
     # ------------------------------------------------------------ outputs

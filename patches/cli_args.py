@@ -101,7 +101,7 @@ def _fields():
         if f.name.startswith("_"):
             continue
         t = f.type if not isinstance(f.type, str) else f.type
-        base = {"float | None": float, "float": float, "int": int, "bool": bool,
+        base = {"float | None": float, "float": float, "int": int, "int | None": int, "bool": bool,
                 "str | None": str, "str": str}[t]
         out.append((f.name, base))
     return out

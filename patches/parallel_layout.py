@@ -65,7 +65,11 @@ def check_config(vllm_config) -> None:
                               os.environ.get("VLLM_PP_LAYER_PARTITION"))
     from vllm.platforms import current_platform
 
-    local_workers = pc.world_size // max(getattr(pc, "nnodes", 1) or 1, 1)
+    from medha_vllm.kvp.configure import configure as configure_kvp
+
+    # KV-cache parallelism multiplies the workers (nothing without it).
+    kvp = configure_kvp(vllm_config)
+    local_workers = pc.world_size * kvp // max(getattr(pc, "nnodes", 1) or 1, 1)
     if current_platform.is_cpu() and local_workers > 1 and \
             os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto") == "auto":
         bind = cpu_thread_binding(local_workers)

@@ -36,8 +36,10 @@ from vllm.v1.attention.backends.cpu_attn import (
 from medha_vllm.kernels import ShardMetadata, cpu_attn_kv_views
 from medha_vllm.kernels.kv_layout import cpu_attn_native_isa
 from medha_vllm.kernels import native
+from medha_vllm.kvp import runtime as kvp_runtime
 
-from .selection import (AttentionShape, BackendChoice, LayerFeatures, bf16_emulation_warning, decide,
+from .selection import (AttentionShape, BackendChoice, LayerFeatures, MedhaAttentionError,
+                        bf16_emulation_warning, decide,
                         measured_cached, refusal)
 
 logger = init_logger(f"vllm.{__name__}")
@@ -88,7 +90,10 @@ def choose_for_group(builder: CPUAttentionMetadataBuilder, layer_names: list[str
     if warning and warning not in _logged:
         _logged.add(warning)
         logger.warning("medha: %s", warning)
-    choice = decide(option, refusal(shape, features, kernel_reason), measured_cached(shape))
+    if kvp_runtime.active():
+        choice = kvp_choice(refusal(shape, features, kernel_reason), kvp_runtime.get().groups)
+    else:
+        choice = decide(option, refusal(shape, features, kernel_reason), measured_cached(shape))
     key = (choice.backend, choice.reason)
     if key not in _logged:
         _logged.add(key)
@@ -97,11 +102,28 @@ def choose_for_group(builder: CPUAttentionMetadataBuilder, layer_names: list[str
     return choice
 
 
+def kvp_choice(why_not: str | None, groups: int) -> BackendChoice:
+    """KV-cache parallelism needs each shard's log-sum-exp: the native
+    kernel serves every step, or start-up stops naming the setting."""
+    if why_not is not None:
+        raise MedhaAttentionError(
+            f"--medha-kv-parallel-size {groups} needs Medha's attention kernel (it returns each "
+            f"KV shard's log-sum-exp), which cannot serve this model: {why_not}")
+    return BackendChoice("medha", f"KV-cache parallelism ({groups} groups): the native kernel "
+                                  "serves every step and the groups' states are merged by LSE")
+
+
 def step_shard(query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_table: torch.Tensor, causal: bool,
-               max_query_len: int | None = None, max_seq_len: int | None = None) -> ShardMetadata:
-    """The one KV shard of a step without KV-cache parallelism: all of each
-    sequence's KV (``seq_lens`` tokens, prefix-cache hits and earlier chunks
-    included), its query tokens being the last ``q_len`` positions."""
+               max_query_len: int | None = None, max_seq_len: int | None = None,
+               group: int = 0, shard_tokens: int | None = None, block_size: int | None = None
+               ) -> ShardMetadata:
+    """This worker's KV shard of a step. Without KV-cache parallelism
+    (``shard_tokens`` None) it is all of each sequence's KV (``seq_lens``
+    tokens, prefix-cache hits and earlier chunks included); with it, KVP
+    group ``group``'s token range [g x S, (g + 1) x S) of each sequence
+    (kvp/runtime.shard_view). The query tokens are each sequence's last
+    ``q_len`` positions; the mask is causal by absolute position, so a group
+    whose range lies wholly before the queries sees all of it."""
     n = seq_lens.numel()
     qsl = query_start_loc.to(torch.int32)
     seq_lens = seq_lens.to(torch.int32)
@@ -110,9 +132,14 @@ def step_shard(query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tabl
     # + its index in the chunk.
     first = (seq_lens.long() - q_lens).repeat_interleave(q_lens)
     offset = torch.arange(int(q_lens.sum())) - qsl[:-1].long().repeat_interleave(q_lens)
-    return ShardMetadata(qsl, block_table.to(torch.int32), seq_lens, causal=causal,
-                         query_positions=first + offset, shard_start=torch.zeros(n, dtype=torch.int64),
-                         max_query_len=max_query_len, max_kv_len=max_seq_len)
+    if shard_tokens is None:
+        table, kv_lens, start = block_table.to(torch.int32), seq_lens, torch.zeros(n, dtype=torch.int64)
+    else:
+        table, kv_lens, start = kvp_runtime.shard_view(block_table.to(torch.int32), seq_lens, group,
+                                                       shard_tokens, block_size)
+        max_seq_len = min(max_seq_len, shard_tokens) if max_seq_len is not None else None
+    return ShardMetadata(qsl, table, kv_lens, causal=causal, query_positions=first + offset,
+                         shard_start=start, max_query_len=max_query_len, max_kv_len=max_seq_len)
 
 
 @dataclass
@@ -133,13 +160,18 @@ class MedhaCPUAttentionMetadataBuilder(CPUAttentionMetadataBuilder):
 
     def build(self, common_prefix_len, common_attn_metadata, fast_build=False):
         md = super().build(common_prefix_len, common_attn_metadata, fast_build)
-        if md.dynamic_causal is not None or not self.choice.native_for(
-                int(common_attn_metadata.max_query_len), int(common_attn_metadata.max_seq_len)):
+        kvp = kvp_runtime.get()
+        if kvp is None and (md.dynamic_causal is not None or not self.choice.native_for(
+                int(common_attn_metadata.max_query_len), int(common_attn_metadata.max_seq_len))):
             return md  # CPU_ATTN's own kernel serves this step
+        if kvp is not None and (md.dynamic_causal is not None or not md.causal):
+            raise NotImplementedError("medha KVP: non-causal attention steps are not supported")
         cm = common_attn_metadata
+        shard_args = {} if kvp is None or kvp.plan is None else {
+            "group": kvp.group, "shard_tokens": kvp.plan.shard_tokens, "block_size": self.block_size}
         shard = step_shard(cm.query_start_loc[: cm.num_reqs + 1], cm.seq_lens[: cm.num_reqs],
                            cm.block_table_tensor[: cm.num_reqs], bool(md.causal),
-                           int(cm.max_query_len), int(cm.max_seq_len))
+                           int(cm.max_query_len), int(cm.max_seq_len), **shard_args)
         return MedhaCPUAttentionMetadata(**{f.name: getattr(md, f.name) for f in fields(md)}, shards=[shard])
 
 
@@ -165,6 +197,10 @@ class MedhaCPUAttentionBackendImpl(CPUAttentionBackendImpl):
         native.shard_attention_native(query[:n], k, v, shards[0], self.scale, out=output[:n],
                                       lse=self.lse_view(n))
         CALLS["medha"] += 1
+        if kvp_runtime.active():
+            # Every group ran the same queries over its own token range.
+            kvp_runtime.merge_across_groups(output[:n], self.lse_view(n))
+            CALLS["kvp_merge"] += 1
         return output
 
 
