@@ -46,7 +46,16 @@ def build_view(sched: Any) -> EngineView:
         now=sched.clock(), running=running, waiting=waiting, num_waiting=len(sched.waiting),
         free_slots=free_slots, free_kv_blocks=seams.free_kv_blocks(sched),
         block_size=sched.block_size, token_budget=sched.max_num_scheduled_tokens,
-        stages=sched.stages, batches_in_flight=len(sched.ledger))
+        stages=sched.stages, batches_in_flight=len(sched.ledger), **kvp_view(sched))
+
+
+def kvp_view(sched: Any) -> dict:
+    """The planner's view of the KV groups (nothing without KVP)."""
+    if getattr(sched, "kvp", None) is None:
+        return {}
+    queue = sched.kv_cache_manager.block_pool.free_block_queue
+    return {"free_kv_per_group": tuple(queue.free_in(g) for g in range(sched.kvp.groups)),
+            "kv_shard_tokens": sched.kvp.shard_tokens}
 
 
 def _indexed_waiting(sched: Any, q: IndexedWaitingQueue, view) -> WaitingSet:

@@ -88,6 +88,11 @@ class EngineView:
     # Pipeline stages (SPP) and batches dispatched but not returned.
     stages: int = 1
     batches_in_flight: int = 0
+    # KV-cache parallelism (medha_vllm/kvp): free blocks of each group and
+    # the tokens of one request a group holds; () without KVP. A request's
+    # tokens [g x S, (g + 1) x S) need blocks of group g.
+    free_kv_per_group: tuple[int, ...] = ()
+    kv_shard_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -295,10 +300,22 @@ def _drain_split(chunks: dict[str, int], keyed: list, stages: int,
     return tuple(cut)
 
 
-def blocks_needed(r: RequestView, block_size: int) -> int:
-    """KV blocks a waiting request needs to be admitted: vLLM reserves the
-    whole sequence (scheduler_reserve_full_isl), not only the first chunk."""
-    return -(-r.total_tokens // block_size)
+def blocks_per_group(tokens: int, view: EngineView) -> tuple[int, ...]:
+    """KV blocks a sequence of `tokens` tokens takes in each KV group (one
+    entry without KV-cache parallelism)."""
+    B, S = view.block_size, view.kv_shard_tokens
+    if not view.free_kv_per_group:
+        return (-(-tokens // B),)
+    return tuple(-(-max(0, min(tokens, (g + 1) * S) - g * S) // B)
+                 for g in range(len(view.free_kv_per_group)))
+
+
+def _fits(free: tuple[int, ...], need: tuple[int, ...]) -> bool:
+    return all(f >= n for f, n in zip(free, need))
+
+
+def _add(a: tuple[int, ...], b: tuple[int, ...], sign: int = 1) -> tuple[int, ...]:
+    return tuple(x + sign * y for x, y in zip(a, b))
 
 
 def _admit_with_eviction(planned_waiting: list[RequestView], prefills: list[RequestView],
@@ -315,28 +332,31 @@ def _admit_with_eviction(planned_waiting: list[RequestView], prefills: list[Requ
     otherwise the victim, now late, evicts its evictor and both keep
     recomputing (found by tests/sched/test_step_tables.py). Admission stops at the first request that cannot fit (as vLLM's waiting
     loop does), so the order of the plan is kept."""
-    free = view.free_kv_blocks
+    # Free blocks per KV group (one group without KV-cache parallelism): a
+    # request fits when every group it spans has its blocks.
+    free = view.free_kv_per_group or (view.free_kv_blocks,)
     admit: list[RequestView] = []
     victims: list[RequestView] = []
     for w in planned_waiting:
-        need = blocks_needed(w, view.block_size)
-        if free >= need:
-            free -= need
+        need = blocks_per_group(w.total_tokens, view)
+        if _fits(free, need):
+            free = _add(free, need, -1)
             admit.append(w)
             continue
         if w.num_preemptions:
             break
         less_urgent = sorted((r for r in prefills if rank[r.req_id] > rank[w.req_id]
                               and r not in victims), key=lambda r: -rank[r.req_id])
-        chosen, gain = [], 0
+        chosen, gain = [], tuple(0 for _ in free)
         for v in less_urgent:
-            if free + gain >= need:
+            if _fits(_add(free, gain), need):
                 break
             chosen.append(v)
-            gain += v.kv_blocks
-        if free + gain < need:
+            # A request's blocks are positional: its first kv_blocks blocks.
+            gain = _add(gain, blocks_per_group(v.kv_blocks * view.block_size, view))
+        if not _fits(_add(free, gain), need):
             break
         victims.extend(chosen)
-        free += gain - need
+        free = _add(_add(free, gain), need, -1)
         admit.append(w)
     return admit, victims

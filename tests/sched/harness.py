@@ -57,7 +57,10 @@ def make_scheduler(model: str, *, medha: dict | None = None, cls=None, num_block
                     max_num_batched_tokens=token_budget, enable_prefix_caching=prefix_caching,
                     block_size=block_size, pipeline_parallel_size=pp,
                     prefill_schedule_interval=prefill_schedule_interval,
-                    additional_config={"medha": opts})
+                    additional_config={"medha": opts},
+                    # KVP's start-up wiring checks that Medha schedules.
+                    **({"scheduler_cls": "medha_vllm.scheduler.MedhaScheduler"}
+                       if "kv_parallel_size" in opts else {}))
     vc = ea.create_engine_config()
     vc.scheduler_config.async_scheduling = async_scheduling
     vc.cache_config.num_gpu_blocks = num_blocks
