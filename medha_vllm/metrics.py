@@ -25,6 +25,7 @@ from medha_vllm.policy.predictor import ape, median
 CHUNK_BUCKETS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 SLACK_BUCKETS = [-10.0, -1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]
 TIME_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]
+GROUP_BUCKETS = [1, 2, 4, 8, 16, 32, 64]
 
 
 def metrics_dir() -> str:
@@ -76,6 +77,8 @@ class MedhaSnapshot:
     # Non-empty batches dispatched while another was in flight (async
     # scheduling or pipeline stages overlapping batches).
     overlapped_batches: int = 0
+    # KV-cache parallelism: per finished request, the groups its KV cache spanned.
+    kvp_groups_per_request: Histogram = field(default_factory=lambda: Histogram(GROUP_BUCKETS))
 
 
 class MedhaMetricsRecorder:
@@ -110,6 +113,9 @@ class MedhaMetricsRecorder:
 
     def count_overlapped_batch(self) -> None:
         self.snap.overlapped_batches += 1
+
+    def observe_kvp_groups(self, groups: int) -> None:
+        self.snap.kvp_groups_per_request.observe(groups)
 
     def count_floored_deadline(self, req_id: str) -> None:
         if req_id in self._floored:
@@ -147,10 +153,45 @@ class MedhaMetricsRecorder:
             pass  # metrics must never break serving
 
 
-def read_snapshots(parent_pid: int | None = None) -> list[dict]:
+class KvpWorkerMetrics:
+    """Worker side of KV-cache parallelism: time spent merging the groups'
+    attention states (all-gather and merge) and bytes sent to the other
+    groups, published about once a second as `kvp-<api pid>-<rank>.json`
+    (the API server is the worker's grandparent: worker <- engine core <-
+    API server). Counters lag serving by at most `interval_s`."""
+
+    def __init__(self, rank: int, interval_s: float = 0.5) -> None:
+        try:
+            import psutil
+
+            api_pid = psutil.Process(os.getppid()).ppid()
+        except Exception:  # noqa: BLE001 - metrics must never break serving
+            api_pid = 0
+        self.path = os.path.join(metrics_dir(), f"kvp-{api_pid}-{rank}.json")
+        self.rank = rank
+        self._interval = interval_s
+        self._last = 0.0
+
+    def maybe_flush(self, runtime, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._interval:
+            return
+        self._last = now
+        data = {"rank": self.rank, "group": runtime.group, "merges": runtime.merges,
+                "merge_seconds": runtime.merge_time_s, "sent_bytes": runtime.bytes_sent}
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path + ".tmp", "w") as f:
+                json.dump(data, f)
+            os.replace(self.path + ".tmp", self.path)
+        except OSError:
+            pass
+
+
+def read_snapshots(parent_pid: int | None = None, kind: str = "engine") -> list[dict]:
     pid = os.getpid() if parent_pid is None else parent_pid
     out = []
-    for p in glob.glob(os.path.join(metrics_dir(), f"engine-{pid}-*.json")):
+    for p in sorted(glob.glob(os.path.join(metrics_dir(), f"{kind}-{pid}-*.json"))):
         try:
             with open(p) as f:
                 out.append(json.load(f))
@@ -169,11 +210,15 @@ class _SnapshotCollector:
         snaps = read_snapshots()
         hist_specs = [("chunk_size", "medha:chunk_size_tokens", "Prefill chunk sizes chosen by Medha"),
                       ("relative_slack", "medha:relative_slack", "Relative slack (rho) of the most urgent prefill per iteration"),
-                      ("iteration_time", "medha:iteration_time_seconds", "Measured engine iteration time")]
+                      ("iteration_time", "medha:iteration_time_seconds", "Measured engine iteration time"),
+                      ("kvp_groups_per_request", "medha:kvp_groups_per_request",
+                       "KV-cache parallel groups the KV cache of each finished request spanned")]
         for key, name, doc in hist_specs:
             h = HistogramMetricFamily(name, doc, labels=["engine"])
             for i, s in enumerate(snaps):
-                d = s[key]
+                d = s.get(key)
+                if d is None:
+                    continue
                 cum, buckets = 0, []
                 for b, c in zip(d["bounds"] + [float("inf")], d["counts"]):
                     cum += c
@@ -204,6 +249,18 @@ class _SnapshotCollector:
             tgt.add_metric([str(i)], s["target_batch_time_s"])
             abo.add_metric([str(i)], s.get("aborted_requests", 0))
         yield from (pre, miss, err, tgt, abo, flo, ovl)
+        kvp = read_snapshots(kind="kvp")
+        if kvp:
+            specs = [("merge_seconds", "medha:kvp_merge_seconds", "Time each KVP worker spent "
+                      "merging the groups' attention states (all-gather and LSE merge)"),
+                     ("merges", "medha:kvp_merges", "Attention-state merges (one per layer and step)"),
+                     ("sent_bytes", "medha:kvp_sent_bytes", "Bytes each KVP worker sent to "
+                      "the other groups (proportional to query tokens, not context)")]
+            for key, name, doc in specs:
+                c = CounterMetricFamily(name, doc, labels=["rank", "group"])
+                for k in kvp:
+                    c.add_metric([str(k["rank"]), str(k["group"])], k[key])
+                yield c
 
 
 _collector_registered = False

@@ -95,6 +95,7 @@ class MedhaScheduler(Scheduler):
         self.last_plan: IterationPlan | None = None
         self.pauses = PauseTracker(self.metrics)
         self.kvp = kvp_scheduling.attach(self, cfg.kv_parallel_size, cfg.kvp_max_tokens_per_group)
+        self.kvp_groups = self.kvp and kvp_scheduling.GroupTracker(self.kvp, self.metrics)
         self.profile = StartupProfile(self, cfg)
         self.metrics.set_profile_error(self.profile.profile_error)
         self.set_predictor(self.profile.predictor or LinearBatchPredictor(),
@@ -149,6 +150,8 @@ class MedhaScheduler(Scheduler):
         if not clean and shape.num_tokens:
             self.metrics.count_overlapped_batch()
         self.pauses.observe(output, self.requests, self.profile.active)
+        if self.kvp_groups:
+            self.kvp_groups.observe(output, self.requests)
         return output
 
     def _plan_and_apply(self) -> None:
@@ -214,5 +217,7 @@ class MedhaScheduler(Scheduler):
         return done
 
     def _forget(self, req_id: str) -> None:
+        if self.kvp_groups:
+            self.kvp_groups.finished(req_id)
         self.slo.forget(req_id)
         self.metrics.forget(req_id)

@@ -36,8 +36,24 @@ def cap_chunk(plan: KvpPlan | None, request: Any, num_new_tokens: int) -> int:
     return plan.layout.chunk_cap(request.num_computed_tokens, num_new_tokens)
 
 
-def groups_of(plan: KvpPlan | None, request: Any) -> int:
-    """KVP groups holding part of `request`'s KV cache now."""
-    if plan is None:
-        return 1
-    return plan.layout.groups_for(max(1, request.num_computed_tokens))
+class GroupTracker:
+    """The groups each request's KV cache spans, published per finished
+    request (`medha:kvp_groups_per_request`)."""
+
+    def __init__(self, plan: KvpPlan, metrics: Any) -> None:
+        self.layout = plan.layout
+        self.metrics = metrics
+        self.groups: dict[str, int] = {}
+
+    def observe(self, output: Any, requests: dict) -> None:
+        for rid in output.num_scheduled_tokens:
+            r = requests.get(rid)
+            if r is not None:
+                g = self.layout.groups_for(max(1, r.num_computed_tokens))
+                if g > self.groups.get(rid, 0):
+                    self.groups[rid] = g
+
+    def finished(self, req_id: str) -> None:
+        g = self.groups.pop(req_id, None)
+        if g is not None:
+            self.metrics.observe_kvp_groups(g)

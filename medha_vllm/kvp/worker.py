@@ -26,6 +26,7 @@ from vllm.v1.worker.cpu_worker import CPUWorker
 from medha_vllm.kvp import runtime
 from medha_vllm.kvp.plan import make_plan
 from medha_vllm.kvp.ranks import coords_of, kvp_groups
+from medha_vllm.metrics import KvpWorkerMetrics
 
 logger = init_logger(f"vllm.{__name__}")
 
@@ -48,6 +49,7 @@ class KVPWorker(CPUWorker):
             torch.distributed.get_backend(get_world_group().device_group), group_name="kvp")
         group = coords_of(self.rank, pp, tp)[0]
         runtime.set_runtime(runtime.KvpRuntime(group=group, groups=groups, coordinator=coordinator))
+        self._kvp_metrics = KvpWorkerMetrics(self.rank)
         logger.info("Medha KVP: rank %d is KV-cache parallel group %d of %d (pp %d, tp %d)",
                     self.rank, group, groups, *coords_of(self.rank, pp, tp)[1:])
 
@@ -65,4 +67,6 @@ class KVPWorker(CPUWorker):
         rt = runtime.get()
         if rt.plan is not None:
             runtime.localize_scheduler_output(scheduler_output, rt.group, rt.plan.blocks_per_group)
-        return super().execute_model(scheduler_output)
+        out = super().execute_model(scheduler_output)
+        self._kvp_metrics.maybe_flush(rt)
+        return out

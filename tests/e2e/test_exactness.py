@@ -86,8 +86,9 @@ def plain_reference(smollm2_path, tmp_path_factory):
     return ref
 
 
-def run_medha(smollm2_path, log_path: Path, extra: list[str]) -> tuple[list[dict], str]:
-    with VllmServer(smollm2_path, MEDHA_ARGS + extra, served_name=MODEL,
+def run_medha(smollm2_path, log_path: Path, extra: list[str],
+              args: list[str] = MEDHA_ARGS) -> tuple[list[dict], str]:
+    with VllmServer(smollm2_path, args + extra, served_name=MODEL,
                     log_path=str(log_path)) as medha:
         got = asyncio.run(run_all(medha.base_url))
         time.sleep(1.5)  # metrics snapshots are published about once a second
@@ -124,6 +125,28 @@ def test_server_exactness_with_async_scheduling(smollm2_path, plain_reference, t
     assert re.search(r"Medha scheduler: .* async scheduling True", log), log[-3000:]
     assert "medha: attention on Medha's native KV-split kernel" in log, log[-3000:]
     assert counter(text, "overlapped_batches") > 0, "no batch overlapped the one in flight"
+    assert counter(text, "preemptions", "pause") > 0, "no request was paused between chunks"
+    assert counter(text, "preemptions", "recompute") > 0, "no request was evicted and recomputed"
+
+
+def test_server_exactness_with_kv_parallelism(smollm2_path, plain_reference, tmp_path):
+    """`vllm serve --scheduler medha --medha-kv-parallel-size 2`: two worker
+    groups of 29 blocks each (the KV memory above, split in two), 896-token
+    shards, so the long prompts' KV spans both groups, with the same 32-token
+    chunks, pauses and evictions as above: the same tokens as plain vLLM."""
+    args = [a if a != "56" else "29" for a in MEDHA_ARGS]  # blocks per worker
+    got, text = run_medha(smollm2_path, tmp_path / "medha.log", [
+        "--medha-kv-parallel-size", "2", "--medha-kvp-max-tokens-per-group", "896"], args=args)
+    assert_same(plain_reference, got)
+    log = (tmp_path / "medha.log").read_text()
+    assert "Medha KVP: 2 KV-cache parallel groups of 29 blocks x 32 tokens" in log, log[-3000:]
+    assert "KV-cache parallelism (2 groups): the native kernel serves every step" in log, log[-3000:]
+    # Finished requests by groups spanned: some used the second group.
+    spans = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^medha:kvp_groups_per_request_bucket{engine="0",le="(\S+)"} (\S+)$', text, re.M)}
+    assert spans["1"] < spans["2"] == len(PROMPTS), spans
+    merges = [float(v) for v in re.findall(r'^medha:kvp_merges_total{[^}]*} (\S+)$', text, re.M)]
+    assert len(merges) == 2 and min(merges) > 0, text[-2000:]
     assert counter(text, "preemptions", "pause") > 0, "no request was paused between chunks"
     assert counter(text, "preemptions", "recompute") > 0, "no request was evicted and recomputed"
 

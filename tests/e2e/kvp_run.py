@@ -1,0 +1,54 @@
+"""Run by test_kvp.py in a subprocess: greedy requests through the Python API
+(float32, eager), as plain vLLM or as Medha with KV-cache parallelism, and
+print token ids, log-probabilities and what the engine really ran as JSON.
+
+argv: model, then a JSON object: {"kvp": G, "pp": P, "shard": S | null,
+"blocks": per-worker KV blocks | null, "max_model_len": M, "prompts": [n, ...],
+"max_tokens": T, "plain": bool}. The engine core runs in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0), so the scheduler's KVP plan and counters
+can be read; the workers are processes of their own.
+"""
+
+import json
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from vllm import LLM, SamplingParams
+
+    from medha_vllm import SCHEDULER_CLS
+
+    model, spec = sys.argv[1], json.loads(sys.argv[2])
+    kwargs = dict(model=model, dtype="float32", max_model_len=spec["max_model_len"], seed=0,
+                  block_size=32, enforce_eager=True, pipeline_parallel_size=spec.get("pp", 1))
+    if spec.get("blocks"):
+        kwargs["num_gpu_blocks_override"] = spec["blocks"]
+    if not spec.get("plain"):
+        medha = {"min_chunk_size": 32, "max_chunk_size": 32, "profile": False,
+                 "attention_backend": "medha", "kv_parallel_size": spec["kvp"],
+                 "target_batch_time_s": 0.2}
+        if spec.get("shard"):
+            medha["kvp_max_tokens_per_group"] = spec["shard"]
+        kwargs.update(scheduler_cls=SCHEDULER_CLS, max_num_batched_tokens=64,
+                      additional_config={"medha": medha})
+    llm = LLM(**kwargs)
+    prompts = [{"prompt_token_ids": [(i * 7919 + k * 104729) % 40000 + 10 for k in range(n)]}
+               for i, n in enumerate(spec["prompts"])]
+    sp = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0, logprobs=1, seed=0,
+                        ignore_eos=True)
+    outs = llm.generate(prompts, sp)
+    result = [{"tokens": list(o.outputs[0].token_ids),
+               "logprobs": [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]}
+              for o in outs]
+    sched = llm.llm_engine.engine_core.engine_core.scheduler
+    engine = {"scheduler_cls": f"{type(sched).__module__}.{type(sched).__qualname__}",
+              "executor_cls": type(llm.llm_engine.engine_core.engine_core.model_executor).__name__}
+    if getattr(sched, "kvp", None) is not None:
+        snap = sched.metrics.snap
+        engine.update(kvp_groups=sched.kvp.groups, shard_tokens=sched.kvp.shard_tokens,
+                      blocks_per_group=sched.kvp.blocks_per_group,
+                      groups_per_request=snap.kvp_groups_per_request.counts,
+                      pauses=snap.preemptions["pause"], recomputes=snap.preemptions["recompute"],
+                      scheduler_blocks=sched.kv_cache_config.num_blocks)
+    print("RESULT " + json.dumps({"outputs": result, "engine": engine}), flush=True)
