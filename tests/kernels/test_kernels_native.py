@@ -114,3 +114,51 @@ def test_build_is_cached_per_host():
     path = native.build()
     assert path.exists() and native.host_isa() in path.name
     assert native.build() == path  # second call is a no-op
+
+
+@pytest.mark.parametrize("groups", [2, 5])
+def test_kvp_group_shards_merge_to_the_whole_kv(groups):
+    """KV-cache parallelism's path in the backend: each group attends over
+    its token range of the step (step_shard with group/shard_tokens: the
+    block-table columns from g x S on, KV lengths clipped to the shard,
+    causal by absolute position), and the exact LSE merge of the groups'
+    states in group order equals attention over the whole KV. A mixed batch
+    (a prefill chunk in a late group, decodes, a sequence shorter than one
+    shard), cache written by vLLM's writer, scattered blocks; groups no
+    sequence reaches give empty states."""
+    ops = pytest.importorskip("vllm._custom_ops", reason="vLLM (CPU build) not installed")
+    from medha_vllm.attention.backend import step_shard
+    from medha_vllm.kernels.merge import merge_attn_states_torch
+
+    gen = torch.Generator().manual_seed(3)
+    seq_lens, q_lens, hq, hkv, d, bs = [700, 300, 1030], [40, 1, 1], 8, 2, 64, 128
+    nb = sum(-(-s // bs) for s in seq_lens) + 2
+    kv = torch.zeros(nb, hkv, bs, 2 * d)
+    kc, vc = kv.view(nb, hkv, 2 * bs, d).chunk(2, dim=2)
+    perm = torch.randperm(nb - 1, generator=gen).to(torch.int32) + 1
+    table = torch.zeros(len(seq_lens), max(-(-s // bs) for s in seq_lens), dtype=torch.int32)
+    cur = 0
+    for i, s in enumerate(seq_lens):
+        n = -(-s // bs)
+        table[i, :n] = perm[cur:cur + n]
+        cur += n
+        slots = table[i].long()[torch.arange(s) // bs] * bs + torch.arange(s) % bs
+        ops.cpu_attn_reshape_and_cache(torch.randn(s, hkv, d, generator=gen),
+                                       torch.randn(s, hkv, d, generator=gen), kc, vc, slots, "vec")
+    qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
+    sl = torch.tensor(seq_lens, dtype=torch.int32)
+    q = torch.randn(sum(q_lens), hq, d, generator=gen)
+    key_cache, value_cache = cpu_attn_kv_views(kv, "vec")
+    whole, whole_lse = native.shard_attention_native(q, key_cache, value_cache,
+                                                     step_shard(qsl, sl, table, True))
+    shard = 1030 // (groups - 1) // bs * bs if groups > 2 else 640  # cover 1,030 tokens
+    states = [native.shard_attention_native(
+        q, key_cache, value_cache,
+        step_shard(qsl, sl, table, True, group=g, shard_tokens=shard, block_size=bs))
+        for g in range(groups)]
+    assert groups * shard >= max(seq_lens)
+    out, lse = merge_attn_states_torch([o for o, _ in states], [l for _, l in states])
+    torch.testing.assert_close(out, whole, atol=2e-6, rtol=2e-6)
+    torch.testing.assert_close(lse, whole_lse, atol=2e-6, rtol=2e-6)
+    # The 300-token sequence (query row 40) has nothing past its first shard.
+    assert all(torch.isinf(l[:, 40]).all() for _, l in states[1:]) if shard >= 300 else True
