@@ -48,9 +48,9 @@ def configure(vllm_config) -> int:
         problems.append("it needs Medha's attention backend, which returns each shard's "
                         "log-sum-exp (--medha-attention-backend vllm was given)")
     backend = pc.distributed_executor_backend
-    if backend not in (None, "mp", "uni") and not isinstance(backend, type):
+    if backend not in (None, "mp", "uni", "ray") and not isinstance(backend, type):
         problems.append(f"--distributed-executor-backend {backend} is not supported with it "
-                        "yet (use the default multiprocessing executor)")
+                        "(use the default multiprocessing executor, or ray)")
     if pc.data_parallel_size > 1:
         problems.append("data parallelism (-dp) is not supported with it")
     if pc.prefill_context_parallel_size > 1 or pc.decode_context_parallel_size > 1:
@@ -65,15 +65,19 @@ def configure(vllm_config) -> int:
         problems.append("the model mixes attention types (one full-attention KV cache needed)")
     if problems:
         raise MedhaConfigError(f"--medha-kv-parallel-size {groups}: " + "; ".join(problems))
-    if isinstance(backend, type):
+    from medha_vllm.kvp.executor import KVPExecutorMixin
+
+    if isinstance(backend, type) and not issubclass(backend, KVPExecutorMixin):
+        raise MedhaConfigError(f"--medha-kv-parallel-size {groups}: a custom executor "
+                               f"({backend.__name__}) is set")
+    if backend == "ray":
+        from medha_vllm.kvp.executor import ray_executor_cls
+
+        pc.distributed_executor_backend = ray_executor_cls()
+    elif not isinstance(backend, type):
         from medha_vllm.kvp.executor import KVPExecutor
 
-        if not issubclass(backend, KVPExecutor):
-            raise MedhaConfigError(f"--medha-kv-parallel-size {groups}: a custom executor "
-                                   f"({backend.__name__}) is set")
-    from medha_vllm.kvp.executor import KVPExecutor
-
-    pc.distributed_executor_backend = KVPExecutor
+        pc.distributed_executor_backend = KVPExecutor
     pc.worker_cls = WORKER_CLS
     if cc.enable_prefix_caching:
         cc.enable_prefix_caching = False

@@ -1,4 +1,5 @@
-"""KVPExecutor: vLLM's multiprocessing executor with KVP x PP x TP workers.
+"""KVPExecutor: vLLM's multiprocessing executor (and its Ray executor, which
+builds on it) with KVP x PP x TP workers.
 
 Chosen as `parallel_config.distributed_executor_backend` (a class: vLLM's
 documented door, v1/executor/abstract.py `Executor.get_class`) when
@@ -56,7 +57,9 @@ def shrink_to_group(config, groups: int):
     return out
 
 
-class KVPExecutor(MultiprocExecutor):
+class KVPExecutorMixin:
+    """The three changes, on top of any MultiprocExecutor-based executor."""
+
     def _init_executor(self) -> None:
         self.kvp = kvp_size(self.vllm_config)
         # NOTE(medha): re-asserted here: a replace() of the parallel config
@@ -77,3 +80,31 @@ class KVPExecutor(MultiprocExecutor):
         logger.info("Medha KVP: %d groups of %d KV blocks each (the scheduler sees %d)",
                     self.kvp, shrunk[0].num_blocks, kv_cache_configs[0].num_blocks)
         super().initialize_from_config(shrunk)
+
+
+class KVPExecutor(KVPExecutorMixin, MultiprocExecutor):
+    """KVP on vLLM's multiprocessing executor (one machine)."""
+
+
+def ray_executor_cls() -> type:
+    """KVP on vLLM's Ray executor (RayExecutorV2, itself a MultiprocExecutor:
+    workers are Ray actors placed by a placement group of world-size
+    bundles, so KVP groups can live on different nodes). Built on first use:
+    importing it imports ray."""
+    global KVPRayExecutor
+    if "KVPRayExecutor" not in globals():
+        from vllm.v1.executor.ray_executor_v2 import RayExecutorV2
+
+        class KVPRayExecutor(KVPExecutorMixin, RayExecutorV2):  # type: ignore[no-redef]
+            pass
+
+        KVPRayExecutor.__module__ = __name__
+        globals()["KVPRayExecutor"] = KVPRayExecutor
+    return globals()["KVPRayExecutor"]
+
+
+def __getattr__(name: str):
+    # Unpickling the class by reference (the config travels to the engine core).
+    if name == "KVPRayExecutor":
+        return ray_executor_cls()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

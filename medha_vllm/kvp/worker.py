@@ -38,6 +38,22 @@ def kvp_options(vllm_config) -> tuple[int, int | None]:
     return cfg.kv_parallel_size, cfg.kvp_max_tokens_per_group
 
 
+def _placement() -> str:
+    """Where this worker runs, for the start-up log: its Ray node when it is
+    a Ray actor, else its host and pid."""
+    import os
+    import socket
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ctx = ray.get_runtime_context()
+            return f" on Ray node {ctx.get_node_id()[:12]} ({ray.util.get_node_ip_address()})"
+    return f" on {socket.gethostname()} (pid {os.getpid()})"
+
+
 class KVPWorker(CPUWorker):
     def init_device(self) -> None:
         super().init_device()
@@ -50,8 +66,8 @@ class KVPWorker(CPUWorker):
         group = coords_of(self.rank, pp, tp)[0]
         runtime.set_runtime(runtime.KvpRuntime(group=group, groups=groups, coordinator=coordinator))
         self._kvp_metrics = KvpWorkerMetrics(self.rank)
-        logger.info("Medha KVP: rank %d is KV-cache parallel group %d of %d (pp %d, tp %d)",
-                    self.rank, group, groups, *coords_of(self.rank, pp, tp)[1:])
+        logger.info("Medha KVP: rank %d is KV-cache parallel group %d of %d (pp %d, tp %d)%s",
+                    self.rank, group, groups, *coords_of(self.rank, pp, tp)[1:], _placement())
 
     def initialize_from_config(self, kv_cache_config) -> None:
         rt = runtime.get()

@@ -4,7 +4,8 @@ print token ids, log-probabilities and what the engine really ran as JSON.
 
 argv: model, then a JSON object: {"kvp": G, "pp": P, "shard": S | null,
 "blocks": per-worker KV blocks | null, "max_model_len": M, "prompts": [n, ...],
-"max_tokens": T, "plain": bool}. The engine core runs in this process
+"max_tokens": T, "plain": bool, "ray_nodes": N (a Ray cluster of N nodes on
+loopback, workers on Ray)}. The engine core runs in this process
 (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the scheduler's KVP plan and counters
 can be read; the workers are processes of their own.
 """
@@ -20,8 +21,26 @@ if __name__ == "__main__":
     from medha_vllm import SCHEDULER_CLS
 
     model, spec = sys.argv[1], json.loads(sys.argv[2])
+    cluster = None
+    if spec.get("ray_nodes"):
+        # A Ray cluster of `ray_nodes` nodes on loopback, one CPU each, so the
+        # placement group puts one worker on each node: the KVP groups land on
+        # different nodes, as on a cluster of machines.
+        os.environ["RAY_DEDUP_LOGS"] = "0"  # every worker's start-up line, not one of them
+        import ray
+        from ray.cluster_utils import Cluster
+
+        node = {"num_cpus": 1, "object_store_memory": 96 * 1024 * 1024}
+        cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+        for _ in range(spec["ray_nodes"] - 1):
+            cluster.add_node(**node)
+        ray.init(address=cluster.address)
+        os.environ["RAY_ADDRESS"] = cluster.address
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # worker_facts, pickled
     kwargs = dict(model=model, dtype="float32", max_model_len=spec["max_model_len"], seed=0,
                   block_size=32, enforce_eager=True, pipeline_parallel_size=spec.get("pp", 1))
+    if cluster is not None:
+        kwargs["distributed_executor_backend"] = "ray"
     if spec.get("blocks"):
         kwargs["num_gpu_blocks_override"] = spec["blocks"]
     if not spec.get("plain"):
@@ -51,4 +70,20 @@ if __name__ == "__main__":
                       groups_per_request=snap.kvp_groups_per_request.counts,
                       pauses=snap.preemptions["pause"], recomputes=snap.preemptions["recompute"],
                       scheduler_blocks=sched.kv_cache_config.num_blocks)
+    if cluster is not None:
+        def worker_facts(worker):
+            import ray
+
+            from medha_vllm.kvp import runtime
+
+            return {"rank": worker.rank, "group": runtime.get().group,
+                    "node": ray.get_runtime_context().get_node_id(),
+                    "actor": bool(ray.get_runtime_context().get_actor_id())}
+
+        engine["workers"] = llm.collective_rpc(worker_facts)
+        engine["nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     print("RESULT " + json.dumps({"outputs": result, "engine": engine}), flush=True)
+    if cluster is not None:
+        del llm
+        ray.shutdown()
+        cluster.shutdown()

@@ -6,6 +6,8 @@ each engine in a subprocess through the Python API).
   cross group boundaries, decodes long after the second group was onboarded,
   and a mixed batch of long and short requests, with 32-token chunks, pauses
   and recompute evictions forced by a small KV cache per worker.
+- Ray: the same with --distributed-executor-backend ray on a Ray cluster of
+  two nodes on loopback, one KVP group on each node.
 - Capacity: at the same KV memory per worker (40 blocks of 32 tokens), a
   2,048-token --max-model-len that one worker cannot hold is refused at
   start-up without KVP and served with KVP = 2.
@@ -15,6 +17,7 @@ test_exactness.py, against the same plain vLLM reference as the rest.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,7 +42,9 @@ def run(model: str, spec: dict, check: bool = True) -> tuple[int, dict | None, s
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-    return proc.returncode, json.loads(line[len("RESULT "):]) if line else None, proc.stderr
+    # Ray prints its actors' log lines on the driver's stdout or stderr.
+    return proc.returncode, json.loads(line[len("RESULT "):]) if line else None, \
+        proc.stderr + proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +58,10 @@ def runs(synthetic_path):
         # group cannot hold the first 512 tokens of every request at once.
         "pp2_kvp2": {"kvp": 2, "pp": 2, "shard": 512, "blocks": 24, "max_model_len": 1024,
                      "prompts": MIXED, "max_tokens": 40},
+        # The same on Ray: a cluster of two nodes (one CPU each) on loopback,
+        # one KVP group per node.
+        "ray_kvp2": {"kvp": 2, "shard": 512, "blocks": 24, "max_model_len": 1024,
+                     "prompts": MIXED, "max_tokens": 40, "ray_nodes": 2},
         "kvp1_small": {"kvp": 1, "blocks": 40, "max_model_len": 2048, "prompts": LONG,
                        "max_tokens": 8},
         "kvp2_small": {"kvp": 2, "blocks": 40, "max_model_len": 2048, "prompts": LONG,
@@ -90,3 +99,21 @@ def test_kvp2_serves_a_context_one_worker_cannot_hold(runs):
     # default shard is one worker's usable cache (39 x 32 tokens).
     assert (e["scheduler_blocks"], e["blocks_per_group"], e["shard_tokens"]) == (80, 40, 1248)
     assert e["groups_per_request"][:2] == [0, 1], e
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="ray is not installed (scripts/setup.sh installs it with the test extra)")
+def test_kvp2_on_a_two_node_ray_cluster_equals_plain_vllm(runs):
+    _, plain, _ = runs["plain_mixed"]
+    _, kvp, err = runs["ray_kvp2"]
+    assert_same(plain["outputs"], kvp["outputs"])
+    e = kvp["engine"]
+    assert e["executor_cls"] == "KVPRayExecutor" and e["kvp_groups"] == 2
+    assert len(e["nodes"]) == 2
+    workers = sorted(e["workers"], key=lambda w: w["rank"])
+    assert [w["group"] for w in workers] == [0, 1] and all(w["actor"] for w in workers)
+    # Each KVP group on its own Ray node, and the log says where.
+    assert {w["node"] for w in workers} == set(e["nodes"]), e
+    for w in workers:
+        assert f"group {w['group']} of 2 (pp 0, tp 0) on Ray node {w['node'][:12]}" in err, err[-3000:]
+    assert e["groups_per_request"][:2] == [3, 3], e

@@ -101,8 +101,8 @@ def test_without_kvp_nothing_changes(synthetic_path):
 @pytest.mark.parametrize("medha, kw, words", [
     ({"kv_parallel_size": 2}, {"scheduler_cls": None}, "needs --scheduler medha"),
     ({"kv_parallel_size": 2, "attention_backend": "vllm"}, {}, "needs Medha's attention backend"),
-    ({"kv_parallel_size": 2}, {"distributed_executor_backend": "ray"},
-     "--distributed-executor-backend ray is not supported"),
+    ({"kv_parallel_size": 2}, {"distributed_executor_backend": "external_launcher"},
+     "--distributed-executor-backend external_launcher is not supported"),
     ({"kvp_max_tokens_per_group": 512}, {}, "needs 'kv_parallel_size'"),
 ])
 def test_bad_kvp_layouts_are_refused_naming_the_setting(synthetic_path, medha, kw, words):
