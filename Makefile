@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup models demo test test-all bench-hol bench-hol-async bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-attention bench-spp bench-reliability bench-starvation bench clean
+.PHONY: setup models demo test test-all bench-hol bench-hol-async bench-capacity bench-sched bench-predictor bench-kernels bench-attention-kernel bench-attention bench-spp bench-kvp bench-reliability bench-starvation bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -52,6 +52,9 @@ bench-attention: models
 
 bench-spp: models
 	@$(PY) benchmarks/bench_spp.py
+
+bench-kvp: models
+	@$(PY) benchmarks/bench_kvp.py
 
 bench-reliability: models
 	@$(PY) benchmarks/bench_reliability.py

@@ -105,11 +105,14 @@ def merge_across_groups(out: torch.Tensor, lse: torch.Tensor) -> None:
 
     rt = _RT
     t0 = time.perf_counter()
-    g = rt.coordinator
-    outs = g.all_gather(out.contiguous(), dim=0).view(rt.groups, *out.shape)
-    lses = g.all_gather(lse.contiguous(), dim=0).view(rt.groups, *lse.shape)
+    # One collective a layer: this group's output (float32) and LSE packed.
+    n_out = out.numel()
+    packed = torch.cat([out.reshape(-1).float(), lse.reshape(-1)])
+    every = rt.coordinator.all_gather(packed, dim=0).view(rt.groups, -1)
+    outs = every[:, :n_out].view(rt.groups, *out.shape)
+    lses = every[:, n_out:].view(rt.groups, *lse.shape)
     merged, _ = merge_attn_states_torch(outs, lses, out_dtype=out.dtype)
     out.copy_(merged)
-    rt.bytes_sent += (out.numel() * out.element_size() + lse.numel() * 4) * (rt.groups - 1)
+    rt.bytes_sent += packed.numel() * 4 * (rt.groups - 1)
     rt.merges += 1
     rt.merge_time_s += time.perf_counter() - t0

@@ -38,6 +38,22 @@ def kvp_options(vllm_config) -> tuple[int, int | None]:
     return cfg.kv_parallel_size, cfg.kvp_max_tokens_per_group
 
 
+def _group_name() -> str:
+    """The KVP group's name. NOTE(medha): vLLM's CPU communicator uses its
+    shared-memory collectives (an all-gather in ~tens of microseconds) only
+    for groups whose name starts with "tp" or "pp", and gloo over TCP (about
+    a millisecond an all-gather here) for any other
+    (distributed/device_communicators/cpu_communicator.py). When every rank
+    runs on this host, the group is named "pp_kvp" to get shared memory;
+    across hosts (Ray on several machines) it is "kvp" (gloo)."""
+    import socket
+
+    hosts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(hosts, socket.gethostname(),
+                                        group=get_world_group().cpu_group)
+    return "pp_kvp" if len(set(hosts)) == 1 else "kvp"
+
+
 def _placement() -> str:
     """Where this worker runs, for the start-up log: its Ray node when it is
     a Ray actor, else its host and pid."""
@@ -62,7 +78,8 @@ class KVPWorker(CPUWorker):
         tp, pp = pc.tensor_parallel_size, pc.pipeline_parallel_size
         coordinator = init_model_parallel_group(
             kvp_groups(tp, pp, groups), get_world_group().local_rank,
-            torch.distributed.get_backend(get_world_group().device_group), group_name="kvp")
+            torch.distributed.get_backend(get_world_group().device_group),
+            group_name=_group_name())
         group = coords_of(self.rank, pp, tp)[0]
         runtime.set_runtime(runtime.KvpRuntime(group=group, groups=groups, coordinator=coordinator))
         self._kvp_metrics = KvpWorkerMetrics(self.rank)
