@@ -197,7 +197,9 @@ class ProfileRecorder:
     """Collects (batch shape, measured seconds) and fits the predictor; every
     5th sample is held out to report the predictor's error."""
 
-    def __init__(self) -> None:
+    def __init__(self, context_cap: int | None = None) -> None:
+        # KV-cache parallelism's shard size (LinearBatchPredictor.context_cap).
+        self.context_cap = context_cap
         self.shapes: list[BatchShape] = []
         self.times: list[float] = []
         self.started = time.perf_counter()
@@ -211,10 +213,12 @@ class ProfileRecorder:
         pairs = list(zip(self.shapes, self.times))[2:]
         train = [p for i, p in enumerate(pairs) if i % 5 != 4]
         held = [p for i, p in enumerate(pairs) if i % 5 == 4]
-        pred = LinearBatchPredictor.fit([s for s, _ in train], [t for _, t in train])
+        pred = LinearBatchPredictor.fit([s for s, _ in train], [t for _, t in train],
+                                        self.context_cap)
         errs = [ape(pred.predict(s), t) for s, t in held]
         # Final model uses every sample.
-        final = LinearBatchPredictor.fit([s for s, _ in pairs], [t for _, t in pairs])
+        final = LinearBatchPredictor.fit([s for s, _ in pairs], [t for _, t in pairs],
+                                         self.context_cap)
         stats = {
             "num_samples": len(pairs),
             "num_heldout": len(held),

@@ -105,7 +105,11 @@ class MedhaScheduler(Scheduler):
 
     def set_predictor(self, predictor: LinearBatchPredictor, profiled: bool = True) -> None:
         """Use `predictor` from now on (deadlines are re-derived from it); a
-        profile of this host also sets the default budgets (policy/budget.py)."""
+        profile of this host also sets the default budgets (policy/budget.py).
+        With KVP it predicts the slowest group's cost (contexts capped at the
+        shard size), for the chunk search and the remaining-prefill table alike."""
+        if self.kvp is not None:
+            predictor = dataclasses.replace(predictor, context_cap=self.kvp.shard_tokens)
         if profiled:
             b = budgets_for(self.medha, predictor, self.max_model_len, self.medha.target_batch_time_s)
             self.settings = dataclasses.replace(self.settings, target_batch_time_s=b.target_s,

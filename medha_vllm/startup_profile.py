@@ -93,6 +93,8 @@ class StartupProfile:
             # The attention kernels measured (the choice and the native build).
             "attention": cfg.attention_backend, "attention_kernel": _kernel_build(),
         }
+        if getattr(sched, "kvp", None) is not None:  # KV-cache parallel steps cost what the slowest group does
+            self.key_fields.update(kvp=sched.kvp.groups, kvp_shard=sched.kvp.shard_tokens)
         pdir = default_profile_dir() if cfg.profile_dir is None else Path(cfg.profile_dir).expanduser()
         self.path = pdir / f"{profile_key(self.key_fields)}.json"
         try:
@@ -147,7 +149,8 @@ class StartupProfile:
                 sr.req_id, [rng.randrange(1, vocab) for _ in range(sr.prompt_len)],
                 sr.pretend_computed, hasher))
         self._step = 0
-        self._rec = ProfileRecorder()
+        kvp = getattr(self.sched, "kvp", None)
+        self._rec = ProfileRecorder(kvp.shard_tokens if kvp is not None else None)
         logger.info("Medha: profiling started; requests wait until it ends")
 
     def next_caps(self) -> dict[str, int] | None:

@@ -60,25 +60,42 @@ def features(shape: BatchShape) -> list[float]:
     return [1.0, float(tokens), pf, pctx, dc, float(nseq)]
 
 
+def cap_contexts(shape: BatchShape, cap: int | None) -> BatchShape:
+    """`shape` as the slowest KV-cache parallel group sees it: with shards of
+    `cap` tokens, every group attends over at most `cap` tokens of a
+    sequence (the groups run in lockstep, in parallel), so a context counts
+    up to `cap`. None: no KVP, unchanged."""
+    if cap is None:
+        return shape
+    return BatchShape(tuple((c, min(ctx, cap)) for c, ctx in shape.prefill_chunks),
+                      tuple(min(ctx, cap) for ctx in shape.decode_contexts))
+
+
 @dataclass
 class LinearBatchPredictor:
     coef: list[float] = field(default_factory=lambda: [0.005, 1e-4, 1e-2, 1e-3, 1e-2, 1e-4])
+    # KV-cache parallelism: the shard size (contexts count up to it); None without KVP.
+    context_cap: int | None = None
 
     def predict(self, shape: BatchShape) -> float:
-        return _dot(self.coef, features(shape))
+        return _dot(self.coef, features(cap_contexts(shape, self.context_cap)))
 
     def predict_chunk(self, base: BatchShape, base_time: float, tokens: int, context: int) -> float:
         """Time of `base` plus one more prefill chunk, from `base`'s predicted
         time (incremental: avoids re-summing the base batch in the chunk search)."""
+        if self.context_cap is not None:
+            context = min(context, self.context_cap)
         c = tokens
         pf = c * (context + (c + 1) / 2.0) / 1e6
         w = self.coef
         return base_time + w[1] * c + w[2] * pf + w[3] * context / 1e6 + w[5]
 
     @classmethod
-    def fit(cls, shapes: Sequence[BatchShape], times: Sequence[float]) -> "LinearBatchPredictor":
-        """Non-negative least squares on relative error (weights 1/t)."""
-        X = np.array([features(s) for s in shapes], dtype=float)
+    def fit(cls, shapes: Sequence[BatchShape], times: Sequence[float],
+            context_cap: int | None = None) -> "LinearBatchPredictor":
+        """Non-negative least squares on relative error (weights 1/t); with
+        KVP on the contexts the slowest group sees (cap_contexts)."""
+        X = np.array([features(cap_contexts(s, context_cap)) for s in shapes], dtype=float)
         y = np.array(times, dtype=float)
         w = 1.0 / np.maximum(y, 1e-6)
         active = list(range(X.shape[1]))
@@ -93,16 +110,16 @@ class LinearBatchPredictor:
                 coef[active] = sol
                 break
             active.pop(int(np.argmin(sol)))
-        return cls(coef=[float(c) for c in coef])
+        return cls(coef=[float(c) for c in coef], context_cap=context_cap)
 
     def to_dict(self) -> dict:
-        return {"features": list(FEATURES), "coef": list(self.coef)}
+        return {"features": list(FEATURES), "coef": list(self.coef), "context_cap": self.context_cap}
 
     @classmethod
     def from_dict(cls, d: dict) -> "LinearBatchPredictor":
         if list(d.get("features", [])) != list(FEATURES):
             raise ValueError("predictor profile has other features; re-profile")
-        return cls(coef=[float(x) for x in d["coef"]])
+        return cls(coef=[float(x) for x in d["coef"]], context_cap=d.get("context_cap"))
 
 
 def _dot(a: Iterable[float], b: Iterable[float]) -> float:

@@ -61,3 +61,25 @@ def test_profile_plan_and_recorder_fit():
         rec.record(s, TRUE.predict(s) * rng.uniform(0.98, 1.02))
     pred, stats = rec.fit()
     assert stats["heldout_median_ape"] < 0.05 and stats["num_heldout"] >= 10
+
+
+def test_kvp_predicts_the_slowest_groups_cost():
+    """With shards of S tokens every group attends over at most S tokens of a
+    sequence, in parallel: a context counts up to S, in predictions, the
+    incremental chunk cost and the fit alike."""
+    from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor
+
+    p = LinearBatchPredictor([0.001, 1e-4, 1e-2, 1e-3, 1e-2, 1e-4])
+    kvp = LinearBatchPredictor(p.coef, context_cap=4096)
+    long = BatchShape(((64, 60_000),), (50_000,))
+    at_cap = BatchShape(((64, 4096),), (4096,))
+    assert kvp.predict(long) == p.predict(at_cap) < p.predict(long)
+    assert kvp.predict(BatchShape(((64, 1000),))) == p.predict(BatchShape(((64, 1000),)))
+    base = BatchShape(((32, 100),))
+    assert kvp.predict_chunk(base, kvp.predict(base), 64, 60_000) == \
+        pytest.approx(kvp.predict(base.with_chunk(64, 60_000)), rel=1e-12)
+    shapes = [BatchShape(((c, ctx),)) for c in (32, 256, 1024) for ctx in (0, 2000, 20_000, 80_000)]
+    fitted = LinearBatchPredictor.fit(shapes, [kvp.predict(s) for s in shapes], context_cap=4096)
+    assert fitted.context_cap == 4096
+    assert all(abs(fitted.predict(s) - kvp.predict(s)) < 1e-6 for s in shapes)
+    assert LinearBatchPredictor.from_dict(fitted.to_dict()).context_cap == 4096
