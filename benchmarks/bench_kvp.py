@@ -59,21 +59,25 @@ def main(argv=None) -> dict:
     model = str(build_synthetic())
     cap1 = (a.blocks - 1) * BLOCK
     contexts = [cap1 // 4, cap1 // 2, cap1]
-    one_core = {"VLLM_CPU_OMP_THREADS_BIND": str(min(os.sched_getaffinity(0)))}
+    one_core = [min(os.sched_getaffinity(0))]
     out: dict = {"machine": machine(), "blocks_per_worker": a.blocks, "block_size": BLOCK,
-                 "threads": "one core per worker (KVP 1: one worker; KVP 2: two)", "targets": TARGETS}
+                 "threads": "one core per worker: KVP 1 is one process (engine and its worker) "
+                            "pinned to one core; KVP 2 has two workers on one core each and the "
+                            "engine process unpinned", "targets": TARGETS}
     D = a.decode_tokens
     runs = {}
-    for g, env in ((1, one_core), (2, {})):
+    for g, cores in ((1, one_core), (2, None)):
+        # KVP 1: the whole engine (one worker, in process) pinned to one core;
+        # KVP 2: two workers, one core each (VLLM_CPU_OMP_THREADS_BIND).
         cap = g * cap1
         print(f"== KVP {g}: contexts {contexts + ([cap] if g > 1 else [])}", flush=True)
         rc, res, err = side(model, {"kvp": g, "blocks": a.blocks, "max_model_len": cap,
                                     "contexts": contexts + ([cap] if g > 1 else []),
-                                    "decode_tokens": D}, env)
+                                    "decode_tokens": D, "cores": cores}, {})
         assert rc == 0 and res, err[-4000:]
         runs[g] = res
         rc, _, err = side(model, {"kvp": g, "blocks": a.blocks, "max_model_len": cap + BLOCK,
-                                  "contexts": [], "decode_tokens": D}, env)
+                                  "contexts": [], "decode_tokens": D, "cores": cores}, {})
         refused = rc != 0
         reason = next((l for l in reversed(err.splitlines()) if "max_model_len" in l or
                        "max-model-len" in l), "")[-400:]

@@ -68,18 +68,20 @@ class HolConfig:
                 "medha-kvp2": medha + ["--medha-kv-parallel-size", "2",
                                        "--medha-kvp-max-tokens-per-group", str(shard)]}
 
-    def server_env(self, name: str) -> dict[str, str]:
+    def server_cpus(self, name: str) -> list[int] | None:
+        """Cores a server is pinned to (None: all). Medha on one worker gets
+        one core, as each of KVP's two workers does."""
         if name == "medha-1core":
             import os
 
-            return {"VLLM_CPU_OMP_THREADS_BIND": str(min(os.sched_getaffinity(0)))}
-        return {}
+            return [min(os.sched_getaffinity(0))]
+        return None
 
 
 def run_server(name: str, args: list[str], cfg: HolConfig, items: list[WorkItem]):
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    with VllmServer(cfg.model, args, served_name=SERVED_NAME, env=cfg.server_env(name),
+    with VllmServer(cfg.model, args, served_name=SERVED_NAME, cpus=cfg.server_cpus(name),
                     log_path=str(cfg.log_dir / f"{name}.log")) as srv:
         startup = time.time() - t0
         # One warm-up request (not measured; its own token ids).

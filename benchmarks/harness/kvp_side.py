@@ -5,7 +5,8 @@ and times each step.
 
 argv: model, then a JSON object {"kvp": G, "blocks": per-worker blocks,
 "max_model_len": M, "contexts": [L, ...], "decode_tokens": D,
-"startup_only": bool}. For each context L: a prompt of L - D tokens, D
+"cores": [core, ...] | null}: with cores, this process (engine core and,
+with KVP 1, its in-process worker) is pinned to them. For each context L: a prompt of L - D tokens, D
 output tokens (greedy, ignore_eos); TTFT (arrival to first token) and the
 mean decode step time (TPOT) are taken from the engine's own step loop, and
 the bytes the workers sent to other groups during the decode steps are read
@@ -27,14 +28,26 @@ def worker_counters(worker):
                                     "merge_s": rt.merge_time_s}
 
 
+def worker_threads(worker):
+    import torch
+
+    return {"threads": torch.get_num_threads(), "affinity": sorted(os.sched_getaffinity(0)),
+            "pid": os.getpid()}
+
+
 if __name__ == "__main__":
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # worker_counters travels pickled
+    spec = json.loads(sys.argv[2])
+    if spec.get("cores"):
+        # KVP 1: the whole engine (one in-process worker) on these cores,
+        # pinned before torch sizes its thread pool.
+        os.sched_setaffinity(0, spec["cores"])
     from vllm import LLM, SamplingParams
 
     from medha_vllm import SCHEDULER_CLS
 
-    model, spec = sys.argv[1], json.loads(sys.argv[2])
+    model = sys.argv[1]
     medha = {"profile": False, "attention_backend": "medha", "kv_parallel_size": spec["kvp"],
              "min_chunk_size": 32, "max_chunk_size": 2048, "target_batch_time_s": 10.0,
              "solo_batch_time_s": 10.0}
@@ -44,6 +57,7 @@ if __name__ == "__main__":
               num_gpu_blocks_override=spec["blocks"], max_num_batched_tokens=2048,
               scheduler_cls=SCHEDULER_CLS, additional_config={"medha": medha})
     out = {"startup_s": time.perf_counter() - t0, "contexts": {}}
+    out["worker_threads"] = llm.collective_rpc(worker_threads)
     sched = llm.llm_engine.engine_core.engine_core.scheduler
     out["shard_tokens"] = sched.kvp.shard_tokens if sched.kvp else None
     out["scheduler_blocks"] = sched.kv_cache_config.num_blocks

@@ -31,7 +31,7 @@ class VllmServer:
 
     def __init__(self, model: str, args: list[str] | None = None, log_path: str | None = None,
                  env: dict | None = None, startup_timeout: float = 600.0,
-                 served_name: str | None = None) -> None:
+                 served_name: str | None = None, cpus: list[int] | None = None) -> None:
         self.model = model
         self.args = list(args or [])
         self.port = free_port()
@@ -43,6 +43,8 @@ class VllmServer:
         self.startup_timeout = startup_timeout
         self.served_name = served_name
         self.proc: subprocess.Popen | None = None
+        # Pin the whole server (API server, engine core, workers) to these cores.
+        self.cpus = cpus
 
     @property
     def base_url(self) -> str:
@@ -57,8 +59,10 @@ class VllmServer:
 
     def start(self) -> "VllmServer":
         self._log = open(self.log_path, "w")
+        cpus = self.cpus
         self.proc = subprocess.Popen(self.cmd(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=self.env, start_new_session=True)
+                                     env=self.env, start_new_session=True,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         deadline = time.time() + self.startup_timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:

@@ -63,6 +63,11 @@ def configure(vllm_config) -> int:
         problems.append(f"a custom --worker-cls ({pc.worker_cls}) is set")
     if mc is not None and mc.is_hybrid:
         problems.append("the model mixes attention types (one full-attention KV cache needed)")
+    if backend != "ray":
+        why = placement_problem(groups * pc.tensor_parallel_size * pc.pipeline_parallel_size,
+                                cc.kv_cache_memory_bytes, _weights_bytes(mc), _available_bytes())
+        if why:
+            problems.append(why)
     if problems:
         raise MedhaConfigError(f"--medha-kv-parallel-size {groups}: " + "; ".join(problems))
     from medha_vllm.kvp.executor import KVPExecutorMixin
@@ -91,3 +96,42 @@ def configure(vllm_config) -> int:
                 pc.tensor_parallel_size, pc.pipeline_parallel_size,
                 groups * pc.tensor_parallel_size * pc.pipeline_parallel_size)
     return groups
+
+
+def placement_problem(workers: int, kv_bytes: int | None, weights_bytes: int | None,
+                      available: int | None) -> str | None:
+    """Why this machine cannot hold `workers` CPU workers, each with its KV
+    cache and a full copy of the weights (None: it can, or nothing is known)."""
+    if not kv_bytes or not available:
+        return None
+    need = workers * (kv_bytes + (weights_bytes or 0))
+    if need <= available:
+        return None
+    gib = 1 << 30
+    return (f"its {workers} workers need about {need / gib:.1f} GiB on this machine (each "
+            f"{kv_bytes / gib:.1f} GiB of KV cache, VLLM_CPU_KVCACHE_SPACE or "
+            f"--kv-cache-memory-bytes, plus {(weights_bytes or 0) / gib:.1f} GiB of weights) but "
+            f"{available / gib:.1f} GiB are available: lower the KV cache per worker or the "
+            f"parallel sizes, or spread the workers over a Ray cluster "
+            f"(--distributed-executor-backend ray)")
+
+
+def _weights_bytes(model_config) -> int | None:
+    """Size of the model's weight files when the model is a local folder."""
+    import glob
+    import os
+
+    path = getattr(model_config, "model", None)
+    if not path or not os.path.isdir(path):
+        return None
+    files = glob.glob(os.path.join(path, "*.safetensors")) or glob.glob(os.path.join(path, "*.bin"))
+    return sum(os.path.getsize(f) for f in files) or None
+
+
+def _available_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no estimate, no refusal
+        return None

@@ -5,7 +5,8 @@ print token ids, log-probabilities and what the engine really ran as JSON.
 argv: model, then a JSON object: {"kvp": G, "pp": P, "shard": S | null,
 "blocks": per-worker KV blocks | null, "max_model_len": M, "prompts": [n, ...],
 "max_tokens": T, "plain": bool, "ray_nodes": N (a Ray cluster of N nodes on
-loopback, workers on Ray)}. The engine core runs in this process
+loopback, each with as many CPUs as one KVP group has workers: the workers are
+Ray actors, one group per node)}. The engine core runs in this process
 (VLLM_ENABLE_V1_MULTIPROCESSING=0), so the scheduler's KVP plan and counters
 can be read; the workers are processes of their own.
 """
@@ -16,6 +17,8 @@ import sys
 
 if __name__ == "__main__":
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # Every Ray worker's start-up line, not one of them (read when ray is imported).
+    os.environ["RAY_DEDUP_LOGS"] = "0"
     from vllm import LLM, SamplingParams
 
     from medha_vllm import SCHEDULER_CLS
@@ -23,14 +26,14 @@ if __name__ == "__main__":
     model, spec = sys.argv[1], json.loads(sys.argv[2])
     cluster = None
     if spec.get("ray_nodes"):
-        # A Ray cluster of `ray_nodes` nodes on loopback, one CPU each, so the
-        # placement group puts one worker on each node: the KVP groups land on
-        # different nodes, as on a cluster of machines.
-        os.environ["RAY_DEDUP_LOGS"] = "0"  # every worker's start-up line, not one of them
+        # A Ray cluster of `ray_nodes` nodes on loopback, each with the CPUs
+        # of one KVP group (PP x 1 workers), so vLLM's placement group fills
+        # one node per group: the groups land on different nodes, as on a
+        # cluster of machines.
         import ray
         from ray.cluster_utils import Cluster
 
-        node = {"num_cpus": 1, "object_store_memory": 96 * 1024 * 1024}
+        node = {"num_cpus": spec.get("pp", 1), "object_store_memory": 96 * 1024 * 1024}
         cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
         for _ in range(spec["ray_nodes"] - 1):
             cluster.add_node(**node)

@@ -6,8 +6,8 @@ each engine in a subprocess through the Python API).
   cross group boundaries, decodes long after the second group was onboarded,
   and a mixed batch of long and short requests, with 32-token chunks, pauses
   and recompute evictions forced by a small KV cache per worker.
-- Ray: the same with --distributed-executor-backend ray on a Ray cluster of
-  two nodes on loopback, one KVP group on each node.
+- Ray: PP = 2 x KVP = 2 with --distributed-executor-backend ray on a Ray
+  cluster of two nodes on loopback, one KVP group (two stages) on each node.
 - Capacity: at the same KV memory per worker (40 blocks of 32 tokens), a
   2,048-token --max-model-len that one worker cannot hold is refused at
   start-up without KVP and served with KVP = 2.
@@ -58,10 +58,10 @@ def runs(synthetic_path):
         # group cannot hold the first 512 tokens of every request at once.
         "pp2_kvp2": {"kvp": 2, "pp": 2, "shard": 512, "blocks": 24, "max_model_len": 1024,
                      "prompts": MIXED, "max_tokens": 40},
-        # The same on Ray: a cluster of two nodes (one CPU each) on loopback,
-        # one KVP group per node.
-        "ray_kvp2": {"kvp": 2, "shard": 512, "blocks": 24, "max_model_len": 1024,
-                     "prompts": MIXED, "max_tokens": 40, "ray_nodes": 2},
+        # The same on Ray: a cluster of two nodes (two CPUs each) on
+        # loopback, one KVP group (two pipeline stages) per node.
+        "ray_pp2_kvp2": {"kvp": 2, "pp": 2, "shard": 512, "blocks": 24, "max_model_len": 1024,
+                         "prompts": MIXED, "max_tokens": 40, "ray_nodes": 2},
         "kvp1_small": {"kvp": 1, "blocks": 40, "max_model_len": 2048, "prompts": LONG,
                        "max_tokens": 8},
         "kvp2_small": {"kvp": 2, "blocks": 40, "max_model_len": 2048, "prompts": LONG,
@@ -103,17 +103,19 @@ def test_kvp2_serves_a_context_one_worker_cannot_hold(runs):
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                     reason="ray is not installed (scripts/setup.sh installs it with the test extra)")
-def test_kvp2_on_a_two_node_ray_cluster_equals_plain_vllm(runs):
+def test_pp2_kvp2_on_a_two_node_ray_cluster_equals_plain_vllm(runs):
     _, plain, _ = runs["plain_mixed"]
-    _, kvp, err = runs["ray_kvp2"]
+    _, kvp, err = runs["ray_pp2_kvp2"]
     assert_same(plain["outputs"], kvp["outputs"])
     e = kvp["engine"]
     assert e["executor_cls"] == "KVPRayExecutor" and e["kvp_groups"] == 2
     assert len(e["nodes"]) == 2
     workers = sorted(e["workers"], key=lambda w: w["rank"])
-    assert [w["group"] for w in workers] == [0, 1] and all(w["actor"] for w in workers)
-    # Each KVP group on its own Ray node, and the log says where.
-    assert {w["node"] for w in workers} == set(e["nodes"]), e
+    assert [w["group"] for w in workers] == [0, 0, 1, 1] and all(w["actor"] for w in workers)
+    # Each KVP group (both its stages) on its own Ray node, and the log says where.
+    node_of = {g: {w["node"] for w in workers if w["group"] == g} for g in (0, 1)}
+    assert all(len(n) == 1 for n in node_of.values()) and node_of[0] != node_of[1], e
     for w in workers:
-        assert f"group {w['group']} of 2 (pp 0, tp 0) on Ray node {w['node'][:12]}" in err, err[-3000:]
+        assert f"rank {w['rank']} is KV-cache parallel group {w['group']} of 2 (pp {w['rank'] % 2}, " \
+               f"tp 0) on Ray node {w['node'][:12]}" in err, err[-3000:]
     assert e["groups_per_request"][:2] == [3, 3], e

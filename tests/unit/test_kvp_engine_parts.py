@@ -113,3 +113,16 @@ def test_bad_kvp_layouts_are_refused_naming_the_setting(synthetic_path, medha, k
     with pytest.raises(MedhaConfigError) as e:
         _engine_config(synthetic_path, medha, **kw)
     assert words in str(e.value), str(e.value)
+
+
+def test_more_workers_than_the_machine_can_hold_are_refused(synthetic_path):
+    from medha_vllm.config import MedhaConfigError
+    from medha_vllm.kvp.configure import placement_problem
+
+    gib = 1 << 30
+    assert placement_problem(4, 4 * gib, gib, 24 * gib) is None
+    why = placement_problem(8, 4 * gib, gib, 24 * gib)
+    assert "8 workers need about 40.0 GiB" in why and "24.0 GiB are available" in why
+    # On vLLM's real config: 64 groups of 1 TiB of KV cache each.
+    with pytest.raises(MedhaConfigError, match="64 workers need about"):
+        _engine_config(synthetic_path, {"kv_parallel_size": 64}, kv_cache_memory_bytes=1 << 40)
