@@ -57,6 +57,26 @@ VLLM_CASES = {
 }
 
 
+def vllm_written_cache(ops, seq_lens, hkv, d, bs, dtype, gen):
+    """A CPU_ATTN cache (ISA vec) written by vLLM's own writer, each sequence
+    in scattered blocks: (kv, k cache, v cache, block table)."""
+    nb = sum(-(-s // bs) for s in seq_lens) + 2
+    kv = torch.zeros(nb, hkv, bs, 2 * d, dtype=dtype)
+    kc, vc = kv.view(nb, hkv, 2 * bs, d).chunk(2, dim=2)
+    perm = torch.randperm(nb - 1, generator=gen).to(torch.int32) + 1  # scattered blocks
+    table = torch.zeros(len(seq_lens), max(-(-s // bs) for s in seq_lens), dtype=torch.int32)
+    cur = 0
+    for i, s in enumerate(seq_lens):
+        n = -(-s // bs)
+        table[i, :n] = perm[cur : cur + n]
+        cur += n
+        slots = table[i].long()[torch.arange(s) // bs] * bs + torch.arange(s) % bs
+        k = torch.randn(s, hkv, d, generator=gen).to(dtype)
+        v = torch.randn(s, hkv, d, generator=gen).to(dtype)
+        ops.cpu_attn_reshape_and_cache(k, v, kc, vc, slots, "vec")
+    return kv, kc, vc, table
+
+
 @pytest.mark.parametrize("dtype", list(TOL), ids=str)
 @pytest.mark.parametrize("case", list(VLLM_CASES))
 def test_against_vllm_cpu_attn(case, dtype):
@@ -71,21 +91,7 @@ def test_against_vllm_cpu_attn(case, dtype):
     gen = torch.Generator().manual_seed(1)
     q_lens, seq_lens, hq, hkv = VLLM_CASES[case]
     d, bs = 64, 128
-    nb = sum(-(-s // bs) for s in seq_lens) + 2
-    kv = torch.zeros(nb, hkv, bs, 2 * d, dtype=dtype)
-    kc, vc = kv.view(nb, hkv, 2 * bs, d).chunk(2, dim=2)
-    perm = torch.randperm(nb - 1, generator=gen).to(torch.int32) + 1  # scattered blocks
-    width = max(-(-s // bs) for s in seq_lens)
-    table = torch.zeros(len(seq_lens), width, dtype=torch.int32)
-    cur = 0
-    for i, s in enumerate(seq_lens):
-        n = -(-s // bs)
-        table[i, :n] = perm[cur : cur + n]
-        cur += n
-        slots = table[i].long()[torch.arange(s) // bs] * bs + torch.arange(s) % bs
-        k = torch.randn(s, hkv, d, generator=gen).to(dtype)
-        v = torch.randn(s, hkv, d, generator=gen).to(dtype)
-        ops.cpu_attn_reshape_and_cache(k, v, kc, vc, slots, "vec")
+    kv, kc, vc, table = vllm_written_cache(ops, seq_lens, hkv, d, bs, dtype, gen)
     qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     sl = torch.tensor(seq_lens, dtype=torch.int32)
     q = torch.randn(sum(q_lens), hq, d, generator=gen).to(dtype)
@@ -132,19 +138,7 @@ def test_kvp_group_shards_merge_to_the_whole_kv(groups):
 
     gen = torch.Generator().manual_seed(3)
     seq_lens, q_lens, hq, hkv, d, bs = [700, 300, 1030], [40, 1, 1], 8, 2, 64, 128
-    nb = sum(-(-s // bs) for s in seq_lens) + 2
-    kv = torch.zeros(nb, hkv, bs, 2 * d)
-    kc, vc = kv.view(nb, hkv, 2 * bs, d).chunk(2, dim=2)
-    perm = torch.randperm(nb - 1, generator=gen).to(torch.int32) + 1
-    table = torch.zeros(len(seq_lens), max(-(-s // bs) for s in seq_lens), dtype=torch.int32)
-    cur = 0
-    for i, s in enumerate(seq_lens):
-        n = -(-s // bs)
-        table[i, :n] = perm[cur:cur + n]
-        cur += n
-        slots = table[i].long()[torch.arange(s) // bs] * bs + torch.arange(s) % bs
-        ops.cpu_attn_reshape_and_cache(torch.randn(s, hkv, d, generator=gen),
-                                       torch.randn(s, hkv, d, generator=gen), kc, vc, slots, "vec")
+    kv, _, _, table = vllm_written_cache(ops, seq_lens, hkv, d, bs, torch.float32, gen)
     qsl = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32)
     sl = torch.tensor(seq_lens, dtype=torch.int32)
     q = torch.randn(sum(q_lens), hq, d, generator=gen)
