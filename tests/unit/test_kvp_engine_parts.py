@@ -126,3 +126,16 @@ def test_more_workers_than_the_machine_can_hold_are_refused(synthetic_path):
     # On vLLM's real config: 64 groups of 1 TiB of KV cache each.
     with pytest.raises(MedhaConfigError, match="64 workers need about"):
         _engine_config(synthetic_path, {"kv_parallel_size": 64}, kv_cache_memory_bytes=1 << 40)
+
+
+def test_a_model_the_kernel_cannot_serve_is_refused_naming_kvp():
+    """KVP needs each shard's LSE from Medha's kernel: a model it cannot
+    serve (here its refusal reason for fp8 KV) stops start-up in the worker,
+    naming the setting; a servable one gets the kernel on every step."""
+    from medha_vllm.attention.backend import kvp_choice
+    from medha_vllm.attention.selection import MedhaAttentionError
+
+    with pytest.raises(MedhaAttentionError, match=r"--medha-kv-parallel-size 2 needs .*fp8"):
+        kvp_choice("kv_cache_dtype fp8 is not served", 2)
+    choice = kvp_choice(None, 2)
+    assert choice.backend == "medha" and choice.native_cells is None
