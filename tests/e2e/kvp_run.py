@@ -3,7 +3,7 @@
 print token ids, log-probabilities and what the engine really ran as JSON.
 
 argv: model, then a JSON object: {"kvp": G, "pp": P, "shard": S | null,
-"blocks": per-worker KV blocks | null, "max_model_len": M, "prompts": [n, ...],
+"blocks": per-worker KV blocks | null, "max_model_len": M, "prompts": [n, ...] or [[n, ...], ...] (batches in turn),
 "max_tokens": T, "plain": bool, "ray_nodes": N (a Ray cluster of N nodes on
 loopback, each with as many CPUs as one KVP group has workers: the workers are
 Ray actors, one group per node)}. The engine core runs in this process
@@ -55,11 +55,14 @@ if __name__ == "__main__":
         kwargs.update(scheduler_cls=SCHEDULER_CLS, max_num_batched_tokens=64,
                       additional_config={"medha": medha})
     llm = LLM(**kwargs)
-    prompts = [{"prompt_token_ids": [(i * 7919 + k * 104729) % 40000 + 10 for k in range(n)]}
-               for i, n in enumerate(spec["prompts"])]
     sp = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0, logprobs=1, seed=0,
                         ignore_eos=True)
-    outs = llm.generate(prompts, sp)
+    # "prompts": lengths of one batch, or a list of batches run one after the other.
+    batches = spec["prompts"] if isinstance(spec["prompts"][0], list) else [spec["prompts"]]
+    outs = []
+    for batch in batches:
+        outs += llm.generate([{"prompt_token_ids": [(n * 7919 + k * 104729) % 40000 + 10
+                                                    for k in range(n)]} for n in batch], sp)
     result = [{"tokens": list(o.outputs[0].token_ids),
                "logprobs": [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]}
               for o in outs]
