@@ -9,7 +9,9 @@ all in one run on one machine. Writes benchmarks/results/kvp.json.
 2. Decode and prefill. At three contexts up to the longest both serve, one
    request alone: TTFT and mean decode step time (TPOT) from the engine's own
    step loop; `decode_tpot_ratio_kvp2` and `prefill_ttft_ratio_kvp2` at the
-   longest, the curve in `curve`. Bytes each KVP = 2 worker sends per decode
+   longest, the curve in `curve`. KVP 2 runs this with shards of half that
+   longest context (same KV memory per worker), so it spans both groups; the
+   shorter contexts stay in the first group. Bytes each KVP = 2 worker sends per decode
    step, at two contexts 4x apart (`kvp_comm_bytes_per_decode_step`).
 3. Head of line (`--hol`, on by default): `make bench-hol`'s workload against
    Medha on one worker (one core) and Medha with KVP = 2 (two workers, one
@@ -70,12 +72,26 @@ def main(argv=None) -> dict:
         # KVP 1: the whole engine (one worker, in process) pinned to one core;
         # KVP 2: two workers, one core each (VLLM_CPU_OMP_THREADS_BIND).
         cap = g * cap1
-        print(f"== KVP {g}: contexts {contexts + ([cap] if g > 1 else [])}", flush=True)
-        rc, res, err = side(model, {"kvp": g, "blocks": a.blocks, "max_model_len": cap,
-                                    "contexts": contexts + ([cap] if g > 1 else []),
-                                    "decode_tokens": D, "cores": cores}, {})
+        if g > 1:
+            # The curve: shards of half the longest common context, so that
+            # context spans both groups (with the default shard, one worker's
+            # whole cache, every context KVP 1 can hold stays in group 0).
+            shard = cap1 // 2
+            print(f"== KVP {g}, shards of {shard} tokens: contexts {contexts}", flush=True)
+            rc, res, err = side(model, {"kvp": g, "blocks": a.blocks, "max_model_len": cap1,
+                                        "shard": shard, "contexts": contexts,
+                                        "decode_tokens": D}, {})
+            assert rc == 0 and res, err[-4000:]
+            runs[g] = res
+            print(f"== KVP {g}, default shards: largest context {cap}", flush=True)
+            rc, res, err = side(model, {"kvp": g, "blocks": a.blocks, "max_model_len": cap,
+                                        "contexts": [cap], "decode_tokens": D}, {})
+        else:
+            print(f"== KVP {g}: contexts {contexts}", flush=True)
+            rc, res, err = side(model, {"kvp": g, "blocks": a.blocks, "max_model_len": cap,
+                                        "contexts": contexts, "decode_tokens": D, "cores": cores}, {})
+            runs[g] = res
         assert rc == 0 and res, err[-4000:]
-        runs[g] = res
         rc, _, err = side(model, {"kvp": g, "blocks": a.blocks, "max_model_len": cap + BLOCK,
                                   "contexts": [], "decode_tokens": D, "cores": cores}, {})
         refused = rc != 0
@@ -84,11 +100,13 @@ def main(argv=None) -> dict:
         print(f"   start-up at {cap + BLOCK} tokens: {'refused' if refused else 'SERVED'}: {reason}",
               flush=True)
         out[f"kvp{g}"] = {"largest_context_served": cap, "refused_at": cap + BLOCK if refused else None,
-                          "refusal": reason, **res}
+                          "refusal": reason, "largest": res, "curve_run": runs[g]}
     out["max_context_ratio_kvp2"] = out["kvp2"]["largest_context_served"] / out["kvp1"]["largest_context_served"] \
         if out["kvp1"]["refused_at"] and out["kvp2"]["refused_at"] else None
     c1, c2 = runs[1]["contexts"], runs[2]["contexts"]
-    out["curve"] = [{"context": L, "tpot_ms_kvp1": 1000 * c1[str(L)]["tpot_s"],
+    shard2 = runs[2]["shard_tokens"]
+    out["curve_kvp2_shard_tokens"] = shard2
+    out["curve"] = [{"context": L, "kvp2_groups_spanned": -(-L // shard2), "tpot_ms_kvp1": 1000 * c1[str(L)]["tpot_s"],
                      "tpot_ms_kvp2": 1000 * c2[str(L)]["tpot_s"],
                      "decode_tpot_ratio_kvp2": c2[str(L)]["tpot_s"] / c1[str(L)]["tpot_s"],
                      "ttft_s_kvp1": c1[str(L)]["ttft_s"], "ttft_s_kvp2": c2[str(L)]["ttft_s"],

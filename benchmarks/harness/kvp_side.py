@@ -4,7 +4,7 @@ KV cache per worker, one core per worker; it serves one request at a time
 and times each step.
 
 argv: model, then a JSON object {"kvp": G, "blocks": per-worker blocks,
-"max_model_len": M, "contexts": [L, ...], "decode_tokens": D,
+"max_model_len": M, "contexts": [L, ...], "decode_tokens": D, "shard": S | null,
 "cores": [core, ...] | null}: with cores, this process (engine core and,
 with KVP 1, its in-process worker) is pinned to them. For each context L: a prompt of L - D tokens, D
 output tokens (greedy, ignore_eos); TTFT (arrival to first token) and the
@@ -51,6 +51,8 @@ if __name__ == "__main__":
     medha = {"profile": False, "attention_backend": "medha", "kv_parallel_size": spec["kvp"],
              "min_chunk_size": 32, "max_chunk_size": 2048, "target_batch_time_s": 10.0,
              "solo_batch_time_s": 10.0}
+    if spec.get("shard"):
+        medha["kvp_max_tokens_per_group"] = spec["shard"]
     t0 = time.perf_counter()
     llm = LLM(model=model, dtype="float32", max_model_len=spec["max_model_len"], seed=0,
               block_size=32, enforce_eager=True, enable_prefix_caching=False,
