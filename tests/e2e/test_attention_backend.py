@@ -5,17 +5,15 @@ naming the setting. (Exactness with the backend on: test_exactness.py.)"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 from openai import OpenAI
 
-from benchmarks.harness.launch import VllmServer, free_port, vllm_executable
+from exactness_common import FP8_MEDHA
+
+from benchmarks.harness.launch import VllmServer
 
 pytestmark = pytest.mark.e2e
-COMMON = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--kv-cache-dtype", "fp8",
-          "--scheduler", "medha", "--medha-profile", "false"]
+COMMON = FP8_MEDHA
 
 
 def test_unservable_model_falls_back_with_one_info_line(synthetic_path, tmp_path):
@@ -29,11 +27,9 @@ def test_unservable_model_falls_back_with_one_info_line(synthetic_path, tmp_path
     assert "vLLM's CPU_ATTN kernel" in lines[0] and "cannot serve this model: kv_cache_dtype fp8" in lines[0]
 
 
-def test_explicit_backend_on_unservable_model_refuses_at_startup(synthetic_path):
-    cmd = [vllm_executable(), "serve", synthetic_path, "--host", "127.0.0.1", "--port", str(free_port()),
-                *COMMON, "--medha-attention-backend", "medha"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+def test_explicit_backend_on_unservable_model_refuses_at_startup(refused_startups):
+    # `vllm serve` with COMMON + --medha-attention-backend medha (tests/e2e/conftest.py).
+    out = refused_startups["explicit_backend_fp8"]
     assert out.returncode != 0
-    text = out.stdout + out.stderr
-    assert ("--medha-attention-backend medha cannot serve this model: kv_cache_dtype fp8" in text), text[-3000:]
+    assert ("--medha-attention-backend medha cannot serve this model: kv_cache_dtype fp8"
+            in out.text), out.text[-3000:]

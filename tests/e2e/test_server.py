@@ -37,6 +37,9 @@ def server(smollm2_path, tmp_path_factory):
         # Eager: compilation is not this module's subject (make demo serves compiled).
         "--scheduler", "medha", "--dtype", "float32", "--max-model-len", "4096", "--enforce-eager",
         "--medha-profile-dir", profile_dir, "--medha-profile-max-context", "2048",
+        # 15 s of profiling, not the default 45: the profile must be done before
+        # the server is ready (tested below), not be a fine one.
+        "--medha-profile-time-budget-s", "15",
         # The budget pinned: a derived one follows each fresh (noisy) profile,
         # and with a 2 s solo budget the disconnect test's prefill can end
         # between two /metrics polls.

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 
 import pytest
 from openai import AsyncOpenAI
 
 from exactness_common import assert_same, metric_sum, read_metrics, words
 
-from benchmarks.harness.launch import VllmServer, vllm_executable
+from benchmarks.harness.launch import VllmServer
 from medha_vllm.timeline import (load_spans, overlapping_chunks, prefill_tokens_by_request,
                                  prefill_window, stage_utilisation)
 
@@ -94,26 +92,22 @@ def test_spp2_medha_equals_single_worker_and_pipelines_chunks(
     assert set(util) == {0, 1} and all(0.0 < u <= 1.0 for u in util.values())
 
 
-def _serve_fails(model: str, args: list[str], env: dict, tmp_path) -> str:
-    out = subprocess.run([vllm_executable(), "serve", model, "--port", "0"] + args,
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, **env}, cwd=tmp_path)
+def _failed(refused_startups, name: str) -> str:
+    out = refused_startups[name]
     assert out.returncode != 0
-    return out.stdout + out.stderr
+    return out.text
 
 
-def test_more_stages_than_layers_fails_at_startup(synthetic_path, tmp_path):
-    # The synthetic model has 4 hidden layers.
-    text = _serve_fails(synthetic_path, ["-pp", "8", "--scheduler", "medha"], {}, tmp_path)
+def test_more_stages_than_layers_fails_at_startup(refused_startups):
+    # The synthetic model has 4 hidden layers (command: tests/e2e/conftest.py).
+    text = _failed(refused_startups, "pp8_on_4_layers")
     assert "pipeline_parallel_size (-pp) = 8 needs at least 8 hidden layers" in text
     assert "the model has 4" in text
     assert "Worker_PP" not in text  # rejected before any worker started
 
 
-def test_partition_that_does_not_fit_the_model_fails_at_startup(synthetic_path, tmp_path):
-    text = _serve_fails(synthetic_path, ["-pp", "2", "--scheduler", "medha"],
-                        {"VLLM_PP_LAYER_PARTITION": "3,2"}, tmp_path)
+def test_partition_that_does_not_fit_the_model_fails_at_startup(refused_startups):
+    text = _failed(refused_startups, "partition_5_layers")
     assert "VLLM_PP_LAYER_PARTITION='3,2' assigns 5 layers but the model has 4" in text
-    text = _serve_fails(synthetic_path, ["-pp", "3"], {"VLLM_PP_LAYER_PARTITION": "2,2"},
-                        tmp_path)
+    text = _failed(refused_startups, "partition_2_of_3_stages")
     assert "lists 2 stages but pipeline_parallel_size (-pp) is 3" in text
