@@ -13,12 +13,11 @@ from exactness_common import FP8_MEDHA
 from benchmarks.harness.launch import VllmServer
 
 pytestmark = pytest.mark.e2e
-COMMON = FP8_MEDHA
 
 
 def test_unservable_model_falls_back_with_one_info_line(synthetic_path, tmp_path):
     log = tmp_path / "serve.log"
-    with VllmServer(synthetic_path, COMMON, served_name="m", log_path=str(log)) as srv:
+    with VllmServer(synthetic_path, FP8_MEDHA, served_name="m", log_path=str(log)) as srv:
         client = OpenAI(base_url=srv.base_url + "/v1", api_key="none", max_retries=0)
         r = client.completions.create(model="m", prompt="one two three", max_tokens=4, temperature=0)
         assert r.usage.completion_tokens == 4
@@ -28,7 +27,7 @@ def test_unservable_model_falls_back_with_one_info_line(synthetic_path, tmp_path
 
 
 def test_explicit_backend_on_unservable_model_refuses_at_startup(refused_startups):
-    # `vllm serve` with COMMON + --medha-attention-backend medha (tests/e2e/conftest.py).
+    # `vllm serve` with FP8_MEDHA + --medha-attention-backend medha (tests/e2e/conftest.py).
     out = refused_startups["explicit_backend_fp8"]
     assert out.returncode != 0
     assert ("--medha-attention-backend medha cannot serve this model: kv_cache_dtype fp8"
