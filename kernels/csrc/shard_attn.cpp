@@ -22,6 +22,9 @@
 #include <cstring>
 #include <memory>
 #include <vector>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #ifdef __AVX512F__
 constexpr int VW = 16;
@@ -34,8 +37,13 @@ typedef uint16_t vh __attribute__((vector_size(VW * 2)));
 typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 
 constexpr int ROW_TILE = 128;   // query rows (token x GQA group) per work item
-constexpr int RB = (VW == 16) ? 4 : 2;  // rows per register block of P V
-constexpr int QR = (VW == 16) ? 8 : 4;  // rows per register block of Q K^T (x 2 key vectors)
+constexpr int NREGS = (VW == 16) ? 32 : 16;  // vector registers of the ISA
+// Rows per register block of Q K^T: 2 x QR score accumulators (two key vectors) + 2 K vectors.
+constexpr int QR = (VW == 16) ? 12 : 6;
+// Rows per register block of P V: RB x D/VW output accumulators, the rest for V and P broadcasts.
+template <int D>
+constexpr int pv_rows() { return (NREGS - 8) / (D / VW) > 0 ? (NREGS - 8) / (D / VW) : 1; }
+constexpr int PV_T = 32;  // keys per P V sub-block (its V rows stay in L1 for every row block)
 constexpr float NEG_BIG = -1e30f;
 
 static inline vf vsplat(float x) { return vf{} + x; }
@@ -76,37 +84,54 @@ static inline void store_out(uint16_t* p, float x) {  // round to nearest even
   *p = uint16_t(u >> 16);
 }
 
-// exp for x <= ~88; x < -87.3 gives ~0 (callers zero masked lanes themselves).
+// exp(x) for x <= ~88; x < -87.3 gives ~1e-38 (callers zero masked lanes themselves).
+// Cody-Waite range reduction, Cephes' degree-5 polynomial (about 1 ulp), 2^n by scalef.
 static inline vf vexp(vf x) {
   const vf lo = vsplat(-87.3f), hi = vsplat(88.0f);
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
+#ifdef __AVX512F__
+  const __m512 n = _mm512_roundscale_ps((__m512)(x * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const vf nf = (vf)n;
+#else
   vf t = x * 1.44269504088896341f;
   vf half = t >= 0 ? vsplat(0.5f) : vsplat(-0.5f);
-  vi n = __builtin_convertvector(t + half, vi);
-  vf nf = __builtin_convertvector(n, vf);
-  vf f = x - nf * 0.693145751953125f - nf * 1.428606765330187045e-06f;
-  vf p = vsplat(1.0f / 5040) * f + 1.0f / 720;
-  p = p * f + 1.0f / 120;
-  p = p * f + 1.0f / 24;
-  p = p * f + 1.0f / 6;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
-  vi bits = (n + 127) << 23;
+  vi ni = __builtin_convertvector(t + half, vi);
+  vf nf = __builtin_convertvector(ni, vf);
+#endif
+  const vf f = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  vf p = vsplat(1.9875691500e-4f) * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  p = p * (f * f) + f + 1.0f;
+#ifdef __AVX512F__
+  return (vf)_mm512_scalef_ps((__m512)p, n);
+#else
+  vi bits = (ni + 127) << 23;
   vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+#endif
 }
 static inline float hmax(vf v) {
+#ifdef __AVX512F__
+  return _mm512_reduce_max_ps((__m512)v);
+#else
   float m = v[0];
   for (int i = 1; i < VW; ++i) m = v[i] > m ? v[i] : m;
   return m;
+#endif
 }
 static inline float hsum(vf v) {
+#ifdef __AVX512F__
+  return _mm512_reduce_add_ps((__m512)v);
+#else
   float s = 0;
   for (int i = 0; i < VW; ++i) s += v[i];
   return s;
+#endif
 }
 
 struct Args {
@@ -127,25 +152,22 @@ struct Args {
 struct Unit { int seq, kvh, tok0, ntok, blk_end; int64_t min_pos, max_pos; int first_item, nitems; };
 struct Item { int unit, blk0, blk1; };
 
-// S[r][0:bs] = q[r] . K^T for NR rows (K^T block: KT[i * k_si + t], t contiguous).
+// S[r][0:2VW] = q[r] . K^T[:, 0:2VW] for NR rows (K^T block: KT[i * k_si + t], t contiguous).
 template <typename T, int D, int NR>
-static inline void qk_block(const T* KT, int64_t k_si, int bs, const float* q, float* S, int ldS) {
-  for (int t0 = 0; t0 < bs; t0 += 2 * VW) {
-    vf s0[NR], s1[NR];
-    for (int rr = 0; rr < NR; ++rr) s0[rr] = s1[rr] = vf{};
-    const T* kt = KT + t0;
-    for (int i = 0; i < D; ++i) {
-      const vf k0 = vload<T>(kt + i * k_si), k1 = vload<T>(kt + i * k_si + VW);
-      for (int rr = 0; rr < NR; ++rr) {
-        const float qv = q[rr * D + i];
-        s0[rr] += qv * k0;
-        s1[rr] += qv * k1;
-      }
-    }
+static inline void qk_block(const T* KT, int64_t k_si, const float* q, float* S, int ldS) {
+  vf s0[NR], s1[NR];
+  for (int rr = 0; rr < NR; ++rr) s0[rr] = s1[rr] = vf{};
+  for (int i = 0; i < D; ++i) {
+    const vf k0 = vload<T>(KT + i * k_si), k1 = vload<T>(KT + i * k_si + VW);
     for (int rr = 0; rr < NR; ++rr) {
-      std::memcpy(S + rr * ldS + t0, &s0[rr], sizeof(vf));
-      std::memcpy(S + rr * ldS + t0 + VW, &s1[rr], sizeof(vf));
+      const float qv = q[rr * D + i];
+      s0[rr] += qv * k0;
+      s1[rr] += qv * k1;
     }
+  }
+  for (int rr = 0; rr < NR; ++rr) {
+    std::memcpy(S + rr * ldS, &s0[rr], sizeof(vf));
+    std::memcpy(S + rr * ldS + VW, &s1[rr], sizeof(vf));
   }
 }
 
@@ -156,11 +178,9 @@ static inline void pv_block(const T* V, int64_t v_st, int ntok, const float* P, 
   for (int rr = 0; rr < NR; ++rr)
     for (int c = 0; c < D / VW; ++c) o[rr][c] = vload<float>(acc + rr * D + c * VW);
   for (int t = 0; t < ntok; ++t) {
-    vf vv[D / VW];
-    for (int c = 0; c < D / VW; ++c) vv[c] = vload<T>(V + t * v_st + c * VW);
-    for (int rr = 0; rr < NR; ++rr) {
-      const float p = P[rr * ldS + t];
-      for (int c = 0; c < D / VW; ++c) o[rr][c] += p * vv[c];
+    for (int c = 0; c < D / VW; ++c) {
+      const vf vv = vload<T>(V + t * v_st + c * VW);
+      for (int rr = 0; rr < NR; ++rr) o[rr][c] += P[rr * ldS + t] * vv;
     }
   }
   for (int rr = 0; rr < NR; ++rr)
@@ -170,10 +190,10 @@ static inline void pv_block(const T* V, int64_t v_st, int ntok, const float* P, 
 // Row tails: one register block of exactly n < NR rows (each K/V block is
 // read once per register block, so tails must not fall back to single rows).
 template <typename T, int D, int NR>
-static inline void qk_tail(int n, const T* KT, int64_t k_si, int bs, const float* q, float* S, int ldS) {
+static inline void qk_tail(int n, const T* KT, int64_t k_si, const float* q, float* S, int ldS) {
   if constexpr (NR > 1) {
-    if (n == NR - 1) return qk_block<T, D, NR - 1>(KT, k_si, bs, q, S, ldS);
-    return qk_tail<T, D, NR - 1>(n, KT, k_si, bs, q, S, ldS);
+    if (n == NR - 1) return qk_block<T, D, NR - 1>(KT, k_si, q, S, ldS);
+    return qk_tail<T, D, NR - 1>(n, KT, k_si, q, S, ldS);
   }
 }
 template <typename T, int D, int NR>
@@ -210,12 +230,15 @@ static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, f
     const int ntok = kv_len - t_base < bs ? kv_len - t_base : bs;
     const T* KT = kp + b * a.k_sb + u.kvh * a.k_sh;  // KT[i*k_si + t]
     const T* V = vp + b * a.v_sb + u.kvh * a.v_sh;   // V[t*v_st + i]
-    // S = Q K^T over all bs columns (columns >= ntok are masked below).
-    for (int r0 = 0; r0 < rows; r0 += QR) {
-      if (rows - r0 >= QR)
-        qk_block<T, D, QR>(KT, a.k_si, bs, qbuf + r0 * D, sbuf + r0 * ldS, ldS);
-      else
-        qk_tail<T, D, QR>(rows - r0, KT, a.k_si, bs, qbuf + r0 * D, sbuf + r0 * ldS, ldS);
+    // S = Q K^T over all bs columns (columns >= ntok are masked below): key
+    // sub-blocks outer, so each stays in L1 while every row block reads it.
+    for (int t0 = 0; t0 < bs; t0 += 2 * VW) {
+      for (int r0 = 0; r0 < rows; r0 += QR) {
+        if (rows - r0 >= QR)
+          qk_block<T, D, QR>(KT + t0, a.k_si, qbuf + r0 * D, sbuf + r0 * ldS + t0, ldS);
+        else
+          qk_tail<T, D, QR>(rows - r0, KT + t0, a.k_si, qbuf + r0 * D, sbuf + r0 * ldS + t0, ldS);
+      }
     }
     // Mask: tokens past kv_len, and (causal) keys after each row's position.
     const bool full = ntok == bs && (!a.causal || sstart + t_base + bs - 1 <= u.min_pos);
@@ -239,7 +262,7 @@ static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, f
       for (int t = 0; t < bs; t += VW) {
         vf x = vload<float>(srow + t);
         vf p = vexp(x - mn);
-        p = x > vsplat(NEG_BIG * 0.5f) ? p : vf{};
+        if (!full) p = x > vsplat(NEG_BIG * 0.5f) ? p : vf{};
         sum += p;
         std::memcpy(srow + t, &p, sizeof(vf));
       }
@@ -250,12 +273,18 @@ static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, f
         for (int i = 0; i < D; ++i) ar[i] *= alpha;
       }
     }
-    // acc += P V (rows in register blocks of RB x D floats).
-    for (int r0 = 0; r0 < rows; r0 += RB) {
-      if (rows - r0 >= RB)
-        pv_block<T, D, RB>(V, a.v_st, ntok, sbuf + r0 * ldS, ldS, acc + r0 * D);
-      else
-        pv_tail<T, D, RB>(rows - r0, V, a.v_st, ntok, sbuf + r0 * ldS, ldS, acc + r0 * D);
+    // acc += P V: key sub-blocks of PV_T outer (their V rows stay in L1),
+    // rows in register blocks of RB x D floats.
+    constexpr int RB = pv_rows<D>();
+    for (int t0 = 0; t0 < ntok; t0 += PV_T) {
+      const int nt = ntok - t0 < PV_T ? ntok - t0 : PV_T;
+      const T* Vt = V + t0 * a.v_st;
+      for (int r0 = 0; r0 < rows; r0 += RB) {
+        if (rows - r0 >= RB)
+          pv_block<T, D, RB>(Vt, a.v_st, nt, sbuf + r0 * ldS + t0, ldS, acc + r0 * D);
+        else
+          pv_tail<T, D, RB>(rows - r0, Vt, a.v_st, nt, sbuf + r0 * ldS + t0, ldS, acc + r0 * D);
+      }
     }
   }
 }
