@@ -242,7 +242,14 @@ static void run_item(const Args& a, const Unit& u, const Item& it, float* acc, f
     }
     // Mask: tokens past kv_len, and (causal) keys after each row's position.
     const bool full = ntok == bs && (!a.causal || sstart + t_base + bs - 1 <= u.min_pos);
+    // The next block's K^T rows, spread over this block's rows: its first Q K^T
+    // pass reads 2 lines of each of D rows, a pattern the hardware prefetcher misses.
+    const T* nextK = blk + 1 < it.blk1 ? kp + int64_t(btrow[blk + 1]) * a.k_sb + u.kvh * a.k_sh : nullptr;
     for (int r = 0; r < rows; ++r) {
+      if (nextK)
+        for (int i = r * D / rows; i < (r + 1) * D / rows; ++i)
+          for (int off = 0; off < bs * int(sizeof(T)); off += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(nextK + i * a.k_si) + off, 0, 3);
       float* srow = sbuf + r * ldS;
       int vis = ntok;
       if (a.causal) {
