@@ -19,6 +19,9 @@ fresh suffix of ``c`` tokens, so one iteration computes exactly one ``c``-token
 chunk at ~64K context; that iteration's time (the engine core's step:
 schedule, forward, output) / c is the per-token cost (best of ``--repeats``).
 The whole request's time / c is reported beside it (``request_us_per_token``).
+``prefill_64k_speedup_bound``: plain vLLM's 64K TTFT over the time the
+prompt's attention FLOPs alone take at the host's measured float32 FMA peak
+(``benchmarks/harness/peak.py``), an upper bound on any exact kernel's gain.
 Writes benchmarks/results/attention.json.
 
     python benchmarks/bench_attention.py
@@ -166,6 +169,8 @@ def main(argv=None) -> dict:
            "serving_chunk_cost_ratio_32_vs_2048_medha_native": ratio("medha-native-chunks")}
     if "plain" in sides and "medha" in sides:
         out["prefill_64k_speedup_vs_vllm"] = sides["plain"]["ttft_64k_s"] / sides["medha"]["ttft_64k_s"]
+    if "plain" in sides:
+        out.update(prefill_bound(model, sides["plain"]["ttft_64k_s"], sides["plain"]["threads"]))
     for side in ("medha-chunks", "medha-native-chunks"):
         if "plain" in sides and side in sides:
             for c in ("32", "2048"):
@@ -177,6 +182,25 @@ def main(argv=None) -> dict:
     print_table(out)
     print(f"wrote {write_json(a.output, out)}")
     return out
+
+
+def prefill_bound(model: str, plain_ttft_s: float, threads: int) -> dict:
+    """What any exact float32 kernel could give the 64K prefill on this host:
+    the causal attention's FLOPs (QK^T and PV, every layer and query head:
+    2 x d x N(N+1) FLOPs for both) at the host's measured FMA peak, everything else in
+    the model free. Plain vLLM's TTFT over that time bounds the speed-up
+    from above (float32; bfloat16 products have another peak)."""
+    from benchmarks.harness.peak import fma_peak_flops
+
+    cfg = json.loads((Path(model) / "config.json").read_text())
+    d = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    flops = cfg["num_hidden_layers"] * cfg["num_attention_heads"] * 2 * d * CONTEXT * (CONTEXT + 1)
+    peak = fma_peak_flops(threads)
+    floor_s = flops / peak
+    return {"fma_peak_gflops": peak / 1e9, "prefill_64k_attention_tflop": flops / 1e12,
+            "prefill_64k_attention_at_peak_s": floor_s,
+            "plain_attention_share_of_peak": floor_s / plain_ttft_s,
+            "prefill_64k_speedup_bound": plain_ttft_s / floor_s}
 
 
 def print_table(out: dict) -> None:
