@@ -33,11 +33,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--servers", default=",".join(d.servers))
     ap.add_argument("--medha-args", default="", help="extra vllm serve args for medha/idle")
     ap.add_argument("--common-args", default="", help="extra vllm serve args for every server")
+    # float32: Medha's promise of the same tokens as plain vLLM is made in float32 (in bfloat16 a
+    # different chunking or kernel rounds differently: 80 of 81 outputs agreed in a bfloat16 run).
+    ap.add_argument("--dtype", default="float32", help="--dtype of every server")
     ap.add_argument("--output", default="hol.json")
     a = ap.parse_args(argv)
     cfg = HolConfig(model=str(build_synthetic()), trace=str(default_trace_path()),
                     servers=tuple(a.servers.split(",")), medha_args=a.medha_args.split(),
-                    common_args=a.common_args.split(),
+                    common_args=["--dtype", a.dtype] + a.common_args.split(),
                     log_dir=RESULTS / "logs" / Path(a.output).stem,
                     **{f: getattr(a, f) for f in ("long_tokens", "long_output_tokens", "num_short",
                                                   "trace_offset_s", "window_s", "long_arrival_s",

@@ -13,7 +13,8 @@ additional config) is ``auto`` (default), ``medha`` or ``vllm``:
 The measurement (``measure``) times both kernels in the worker on the served
 shape (query/KV heads per worker, head size, dtype, block size, the worker's
 threads) over a grid: contexts 4K/16K/64K (those ``max_model_len`` reaches) x
-query runs of 1 (decode), 32, 128 and 512 tokens. Both kernels read the same
+query runs of 1 (decode), 32, 128 and 512 tokens (the top context is the
+deployment's own longest, ``grid_contexts``). Both kernels read the same
 cache (ISA ``vec``), so the backend picks per step: the native kernel serves
 a step whose (longest context, longest query run) cell it won, CPU_ATTN the
 others (measured on this project's Intel host in float32: the native kernel
@@ -91,7 +92,8 @@ class BackendChoice:
             return False
         if self.native_cells is None:
             return True
-        return (_bucket_down(GRID_CONTEXTS, max_seq_len), _bucket_up(MEASURE_CHUNKS, max_query_len)) \
+        contexts = sorted({ctx for ctx, _ in self.timings["vllm"]}) if self.timings else GRID_CONTEXTS
+        return (_bucket_down(contexts, max_seq_len), _bucket_up(MEASURE_CHUNKS, max_query_len)) \
             in self.native_cells
 
 
@@ -172,12 +174,18 @@ MEASURE_BYTES = 256 << 20
 
 
 def grid_contexts(shape: AttentionShape) -> tuple[int, ...]:
-    """The contexts of GRID_CONTEXTS a deployment serving ``shape.context``
-    tokens reaches (at least the smallest: a short deployment is judged at
-    4K) and whose two measurement caches fit MEASURE_BYTES."""
+    """The contexts the choice is measured at: those of GRID_CONTEXTS below
+    the longest the deployment serves, then that longest itself (its
+    ``shape.context``, capped at the grid's top and at what two measurement
+    caches hold in MEASURE_BYTES), so the steps a deployment spends most of
+    a long prompt on are judged at their own context (a 64,528-token
+    deployment at 64,528, not at 16K). A short deployment is judged at 4K."""
     elt = 4 if shape.dtype == "float32" else 2
     fits = MEASURE_BYTES // (2 * 2 * shape.num_kv_heads * shape.head_size * elt)
-    return tuple(c for c in GRID_CONTEXTS if c <= shape.context and c <= fits) or GRID_CONTEXTS[:1]
+    top = min(shape.context, fits, GRID_CONTEXTS[-1])
+    if top <= GRID_CONTEXTS[0]:
+        return GRID_CONTEXTS[:1]
+    return tuple(c for c in GRID_CONTEXTS if c < top) + (top,)
 
 
 def measure(shape: AttentionShape, repeats: int = 3) -> dict:

@@ -56,6 +56,17 @@ def test_auto_serves_exactly_the_cells_it_won():
     assert "64K x 128" in choice.reason and "1.25" in choice.reason
 
 
+def test_steps_bucket_into_the_contexts_that_were_measured():
+    # Measured at 4K, 16K and the deployment's own 64,528: a step at 60K is
+    # judged by the 16K row, one at 64,528 by its own.
+    cells = [(ctx, c) for ctx in (4096, 16384, 64_528) for c in sel.MEASURE_CHUNKS]
+    won = {(64_528, 32)}
+    times = {"vllm": {k: 1.0 for k in cells}, "medha": {k: (0.8 if k in won else 1.25) for k in cells}}
+    choice = sel.decide("auto", None, lambda: times)
+    assert choice.native_for(32, 64_528) and choice.native_for(20, 70_000)
+    assert not choice.native_for(32, 60_000) and not choice.native_for(32, 16_384)
+
+
 def test_auto_keeps_cpu_attn_when_the_native_kernel_never_wins():
     choice = sel.decide("auto", None, lambda: fake_times(set()))
     assert choice.backend == "vllm" and "slower than CPU_ATTN for every step shape" in choice.reason
@@ -88,7 +99,10 @@ def test_grid_follows_max_model_len_and_the_memory_cap():
     import dataclasses
 
     assert sel.grid_contexts(SHAPE) == (4096, 16384, 65536)
-    assert sel.grid_contexts(dataclasses.replace(SHAPE, context=20_000)) == (4096, 16384)
+    # The deployment's longest context is measured itself (bench-hol serves 64,528).
+    assert sel.grid_contexts(dataclasses.replace(SHAPE, context=64_528)) == (4096, 16384, 64_528)
+    assert sel.grid_contexts(dataclasses.replace(SHAPE, context=20_000)) == (4096, 16384, 20_000)
+    assert sel.grid_contexts(dataclasses.replace(SHAPE, context=1 << 20)) == (4096, 16384, 65536)
     assert sel.grid_contexts(dataclasses.replace(SHAPE, context=1760)) == (4096,)
     # 8 KV heads x 128 x fp32: a 64K pair of caches would be 1 GiB.
     assert sel.grid_contexts(dataclasses.replace(SHAPE, num_kv_heads=8, head_size=128)) == (4096, 16384)
