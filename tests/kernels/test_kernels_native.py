@@ -21,6 +21,10 @@ BATCHES = {
     "decode": ([1, 1], [300, 0]),
     "mixed": ([40, 1, 0, 7], [100, 50, 9, 0]),
     "chunk": ([200, 3], [1000, 77]),  # row tiles and several KV ranges per unit
+    # First query two keys before a block's end (block_size 32): that block
+    # must still be masked for it (the kernel skips masking only for blocks
+    # wholly at or before every row's position).
+    "block-edge": ([40, 2], [30, 62]),
 }
 
 
