@@ -130,8 +130,9 @@ def run_side(side: str, model: str, dtype: str, repeats: int) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", default="float32")
-    # NOTE(medha): best of 5, not 3: on the 2-core AMD host the same kernel's
-    # 32-token iteration measured 2091 and 1898 us/token in two best-of-3 runs.
+    # NOTE(medha): best of 5, not 3: on the 2-core AMD host, one best-of-3 run
+    # timed the same kernel's 32-token iteration at 2091 and 1860 us/token
+    # (auto, native forced); best of 5 gave 1898 and 1923.
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sides", default=",".join(SIDES))
     ap.add_argument("--output", default="attention.json")
