@@ -7,11 +7,12 @@ pass to PATH, in the Trace Event Format's JSON-array form; open the file in
 https://ui.perfetto.dev or chrome://tracing. Rows are "stage <pp rank>"
 (process) x "tp <tp rank>" (thread).
 
-NOTE(medha): several worker processes write the same file. Each event is one
-`os.write` of a single line on an O_APPEND descriptor, which the kernel keeps
-whole, and the array is left unterminated, which the format allows ("the
-closing ] is optional") precisely so that a trace can be appended to until the
-process dies. `load_events()` reads such a file; `python -m medha_vllm.timeline
+NOTE(medha): several worker processes write the same file. It is created with
+its "[" header in one step (a hard link of a filled private file), and each
+event is one `os.write` of a single line on an O_APPEND descriptor, which the
+kernel keeps whole. The array is left unterminated, which the format allows
+("the closing ] is optional") precisely so that a trace can be appended to
+until the process dies. `load_events()` reads such a file; `python -m medha_vllm.timeline
 PATH` prints per-stage utilisation.
 
 A span starts when the stage has its inputs (the first stage: when
@@ -49,13 +50,7 @@ class StageRecorder:
         self.path = path
         self.pp_rank, self.tp_rank, self.pp_size = pp_rank, tp_rank, pp_size
         self._local = threading.local()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            os.write(fd, b"[\n")
-            os.close(fd)
-        except FileExistsError:
-            pass
+        _create_with_header(path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         # The last stage's pass ends when sampling returns, not execute_model.
         self.is_last = pp_rank == pp_size - 1
@@ -87,6 +82,36 @@ class StageRecorder:
 
     def _emit(self, event: dict) -> None:
         os.write(self._fd, (json.dumps(event, separators=(",", ":")) + ",\n").encode())
+
+
+def _create_with_header(path: str) -> None:
+    """Create `path` holding "[\n" unless it exists, atomically: every stage
+    opens the file at the same moment, and one that found it created but still
+    empty would append its events before the header, which the creator then
+    wrote over them at offset 0. The header is written to a private file that
+    is then hard-linked into place (link fails if the path exists)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.exists():
+        return
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, b"[\n")
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        pass
+    except OSError:
+        # A file system without hard links: rename is atomic too, but would
+        # replace a file another stage has created meanwhile, so only if
+        # there still is none (the window is a system call wide).
+        if not p.exists():
+            os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def describe(reqs: dict[str, dict]) -> str:

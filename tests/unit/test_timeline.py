@@ -25,6 +25,14 @@ def _write(path, stage, events):
             tl.time.time = real
 
 
+def _run_all(procs):
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+
+
 def test_two_writers_one_file_and_utilisation(tmp_path):
     path = str(tmp_path / "tl.json")
     a = {"r": {"n": 64, "start": 0, "kind": "prefill"}}
@@ -33,11 +41,7 @@ def test_two_writers_one_file_and_utilisation(tmp_path):
     # Stage 0 runs chunks at [0,1], [1,2], [2,3]; stage 1 at [1,2], [2,3], [3,4].
     procs = [mp.get_context("fork").Process(target=_write, args=(path, 0, [(a, 0, 1), (b, 1, 2), (c, 2, 3)])),
              mp.get_context("fork").Process(target=_write, args=(path, 1, [(a, 1, 2), (b, 2, 3), (c, 3, 4)]))]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-        assert p.exitcode == 0
+    _run_all(procs)
     text = open(path).read()
     assert text.startswith("[\n") and text.count("\n[") == 0
     events = load_events(path)
@@ -89,3 +93,25 @@ def test_prefill_tokens_by_request(tmp_path):
     spans = load_spans(path)
     assert prefill_tokens_by_request(spans) == {"r": 96, "s": 5}
     assert prefill_tokens_by_request(spans, stage=1) == {"r": 64}
+
+
+def _open_at_once(path, barrier, stage):
+    barrier.wait()
+    StageRecorder(path, stage, 0, 4)
+
+
+def test_writers_racing_to_create_the_file_keep_its_header(tmp_path):
+    # Every stage opens the timeline at start-up, at the same moment. The file
+    # must never be visible without its "[" header: a writer that found it
+    # still empty appended its events first, and the creator's header then
+    # overwrote their first bytes (CI, stop 24: '[\nname":"process_name"...').
+    ctx = mp.get_context("fork")
+    for trial in range(150):
+        path = str(tmp_path / f"tl{trial}.json")
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, s)) for s in range(4)]
+        _run_all(procs)
+        text = open(path).read()
+        assert text.startswith("[\n") and text.count("[") == 1, (trial, text[:80])
+        assert sum(e["ph"] == "M" for e in load_events(path)) == 8, trial
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
