@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exactness_common import FP8_MEDHA
+from exactness_common import SLIDING_WINDOW_MEDHA
 
 from benchmarks.harness.launch import free_port, vllm_executable
 
@@ -49,8 +49,9 @@ def _commands(smollm2: str, synthetic: str, tmp: Path) -> dict[str, tuple[list[s
         "partition_2_of_3_stages": (serve + [synthetic, "--port", "0", "-pp", "3"],
                                     {"VLLM_PP_LAYER_PARTITION": "2,2"}),
         # test_attention_backend.py
-        "explicit_backend_fp8": (serve + [synthetic, "--host", "127.0.0.1", "--port", str(free_port()),
-                                          *FP8_MEDHA, "--medha-attention-backend", "medha"], {}),
+        "explicit_backend_sliding_window": (
+            serve + [synthetic, "--host", "127.0.0.1", "--port", str(free_port()),
+                     *SLIDING_WINDOW_MEDHA, "--medha-attention-backend", "medha"], {}),
     }
 
 
