@@ -12,8 +12,8 @@ its "[" header in one step (a hard link of a filled private file), and each
 event is one `os.write` of a single line on an O_APPEND descriptor, which the
 kernel keeps whole. The array is left unterminated, which the format allows
 ("the closing ] is optional") precisely so that a trace can be appended to
-until the process dies. `load_events()` reads such a file; `python -m medha_vllm.timeline
-PATH` prints per-stage utilisation.
+until the process dies. `load_events()` reads such a file;
+`python -m medha_vllm.timeline PATH` prints per-stage utilisation.
 
 A span starts when the stage has its inputs (the first stage: when
 execute_model is called; later stages: when the hidden states from the

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 SYNTHETIC_MAX_LEN = 131072
+SYNTHETIC_LAYERS = 4
 
 
 def cache_root() -> Path:
@@ -82,7 +83,7 @@ def build_synthetic() -> Path:
 
     tok = AutoTokenizer.from_pretrained(build_smollm2())
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+        vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=SYNTHETIC_LAYERS,
         num_attention_heads=4, num_key_value_heads=2, head_dim=64,
         max_position_embeddings=SYNTHETIC_MAX_LEN, rope_theta=1_000_000.0,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id,

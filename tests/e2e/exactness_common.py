@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from benchmarks.harness.models import SYNTHETIC_LAYERS
+
 # Token ids must be identical; log-probabilities may differ by float reduction
 # order only (chunked prefill sums attention over the context in other blocks
 # than one-shot prefill), so they must agree to 2e-4 absolute.
@@ -16,7 +18,7 @@ LOGPROB_ATOL = 2e-4
 # conftest.py). Not an fp8 KV cache: vLLM's CPU backend refuses that itself on
 # hosts without AVX-512 or AMX, so a test built on it failed before Medha ran.
 SLIDING_WINDOW_MEDHA = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-                        "--hf-overrides", json.dumps({"layer_types": ["sliding_attention"] * 4,
+                        "--hf-overrides", json.dumps({"layer_types": ["sliding_attention"] * SYNTHETIC_LAYERS,
                                                       "sliding_window": 256}),
                         "--scheduler", "medha", "--medha-profile", "false"]
 
