@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from exactness_common import SLIDING_WINDOW_MEDHA
+from sliding_window_medha import SLIDING_WINDOW_MEDHA
 
 from benchmarks.harness.launch import free_port, vllm_executable
 

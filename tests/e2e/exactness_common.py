@@ -3,25 +3,10 @@ folder, which pytest puts on sys.path)."""
 
 from __future__ import annotations
 
-import json
-
-from benchmarks.harness.models import SYNTHETIC_LAYERS
-
 # Token ids must be identical; log-probabilities may differ by float reduction
 # order only (chunked prefill sums attention over the context in other blocks
 # than one-shot prefill), so they must agree to 2e-4 absolute.
 LOGPROB_ATOL = 2e-4
-
-# `vllm serve` options of Medha on the synthetic model with every layer made a
-# sliding-window layer, which vLLM's CPU_ATTN serves and the Medha attention
-# kernel cannot (test_attention_backend.py and the refused start-up in
-# conftest.py). Not an fp8 KV cache: vLLM's CPU backend refuses that itself on
-# hosts without AVX-512 or AMX, so a test built on it failed before Medha ran.
-SLIDING_WINDOW_MEDHA = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
-                        "--hf-overrides", json.dumps({"layer_types": ["sliding_attention"] * SYNTHETIC_LAYERS,
-                                                      "sliding_window": 256}),
-                        "--scheduler", "medha", "--medha-profile", "false"]
-
 
 def words(i: int, n: int) -> str:
     return " ".join(f"item{(i * 31 + k) % 997}" for k in range(n))

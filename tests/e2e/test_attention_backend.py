@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from openai import OpenAI
 
-from exactness_common import SLIDING_WINDOW_MEDHA
+from sliding_window_medha import SLIDING_WINDOW_MEDHA
 
 from benchmarks.harness.launch import VllmServer
 
