@@ -20,6 +20,21 @@ import httpx
 
 from benchmarks.harness.workload import WorkItem
 
+# NOTE(medha): a client must drop an idle keep-alive connection before the
+# server does. uvicorn under `vllm serve` closes one after
+# VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s), and httpx keeps one for 5 s by default.
+# With equal timeouts a request sent on a connection the server is closing at
+# that moment fails in the client with "Server disconnected without sending
+# a response" and never reaches the server (once in a clean-clone test run:
+# one request of 17 "failed" while the server logged every request 200).
+KEEPALIVE_EXPIRY_S = 2.0
+
+
+def http_limits(max_connections: int | None = None, max_keepalive_connections: int | None = 20) -> httpx.Limits:
+    """httpx pool limits for every harness client (keep-alive expiry above)."""
+    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive_connections,
+                        keepalive_expiry=KEEPALIVE_EXPIRY_S)
+
 
 @dataclass
 class RequestResult:
@@ -96,7 +111,7 @@ async def replay(base_url: str, model: str, items: list[WorkItem], extra: dict |
     tokens misses its deadline (each later token is due one SLO after the
     previous token's deadline); its error then starts with "missed"."""
     url = base_url + "/v1/completions"
-    limits = httpx.Limits(max_connections=len(items) + 4, max_keepalive_connections=8)
+    limits = http_limits(max_connections=len(items) + 4, max_keepalive_connections=8)
     results = [RequestResult(w.req_id, w.kind, w.arrival_s, len(w.prompt_token_ids)) for w in items]
     async with httpx.AsyncClient(limits=limits, timeout=timeout_s) as client:
         start = time.monotonic()

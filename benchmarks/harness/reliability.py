@@ -30,6 +30,8 @@ import urllib.request
 import httpx
 import psutil
 
+from benchmarks.harness.loadgen import http_limits
+
 
 # ------------------------------------------------------------------ /metrics
 def scrape(base_url: str) -> str:
@@ -130,7 +132,7 @@ def disconnect_storm(base_url: str, model: str, clients: int = 100, seed: int = 
     phases: list[str] = []
 
     async def run():
-        limits = httpx.Limits(max_connections=clients + 4)
+        limits = http_limits(max_connections=clients + 4)
         async with httpx.AsyncClient(limits=limits, timeout=300) as client:
             tasks = []
             for i in range(clients):
@@ -186,7 +188,7 @@ def kv_exhaustion(base_url: str, model: str, load_factor: float = 3.0, prompt_to
     evict0 = recompute_evictions(text0)
 
     async def run():
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=n + 4),
+        async with httpx.AsyncClient(limits=http_limits(max_connections=n + 4),
                                      timeout=900) as client:
 
             async def one(i, p):
@@ -310,7 +312,7 @@ def worker_death(base_url: str, model: str, server_proc, clients: int = 6,
 
     async def run():
         timeout = httpx.Timeout(bound_s * 4, connect=10)
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=clients + 4),
+        async with httpx.AsyncClient(limits=http_limits(max_connections=clients + 4),
                                      timeout=timeout) as client:
             await asyncio.gather(killer(), *(one(client, i) for i in range(clients)))
 
@@ -392,19 +394,26 @@ def soak(base_url: str, model: str, server_pid: int, items: list, max_s: float,
 
 
 # ------------------------------------------------------------------ starvation
-async def _ttft(client, base_url, model, ids, max_tokens) -> float:
-    """Seconds to the first streamed token of one greedy request (-1: error)."""
+async def _ttft(client, base_url, model, ids, max_tokens, errors: list | None = None) -> float:
+    """Seconds to the first streamed token of one greedy request (-1: error,
+    described in ``errors`` when given)."""
     body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0.0,
             "ignore_eos": True, "stream": True}
     t0 = time.monotonic()
     first = -1.0
     try:
         async with client.stream("POST", base_url + "/v1/completions", json=body) as r:
+            if r.status_code != 200 and errors is not None:
+                errors.append(f"HTTP {r.status_code}")
             async for line in r.aiter_lines():
                 if line.startswith("data: {") and first < 0:
                     first = time.monotonic() - t0
-    except httpx.HTTPError:
+    except httpx.HTTPError as e:
+        if errors is not None:
+            errors.append(f"{type(e).__name__}: {e}")
         return -1.0
+    if first < 0 and errors is not None and r.status_code == 200:
+        errors.append("no token streamed")
     return first
 
 
@@ -424,7 +433,8 @@ def starvation(base_url: str, model: str, long_tokens: int = 900, short_tokens: 
     rng = random.Random(seed)
 
     async def run() -> dict:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+        limits = http_limits(max_connections=100)
+        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0)) as client:
             await _ttft(client, base_url, model, prompt_ids(rng, 16), 2)  # warm
             alone = await _ttft(client, base_url, model, prompt_ids(rng, long_tokens), 2)
             t0 = time.monotonic()
@@ -433,13 +443,14 @@ def starvation(base_url: str, model: str, long_tokens: int = 900, short_tokens: 
                                    for _ in range(capacity_burst)))
             rate = capacity_burst / (time.monotonic() - t0)
             shorts: list[asyncio.Task] = []
+            short_errors: list[str] = []
             done = asyncio.Event()
 
             async def stream():
                 while not done.is_set():
                     shorts.append(asyncio.create_task(_ttft(
                         client, base_url, model, prompt_ids(rng, short_tokens),
-                        short_max_tokens)))
+                        short_max_tokens, short_errors)))
                     try:
                         await asyncio.wait_for(done.wait(), rng.expovariate(rate))
                     except asyncio.TimeoutError:
@@ -459,6 +470,7 @@ def starvation(base_url: str, model: str, long_tokens: int = 900, short_tokens: 
                 "long_ttft_over_deadline": round(loaded / deadline, 3) if loaded >= 0 else math.nan,
                 "shorts_during": len(short_ttfts), "short_errors": len(short_ttfts) - len(ok),
                 "short_ttft_p50_s": round(percentile(ok, 50), 3),
-                "short_ttft_p99_s": round(percentile(ok, 99), 3)}
+                "short_ttft_p99_s": round(percentile(ok, 99), 3),
+                "short_error_kinds": sorted(set(short_errors))}
 
     return asyncio.run(run())
