@@ -30,10 +30,9 @@ from benchmarks.harness.workload import WorkItem
 KEEPALIVE_EXPIRY_S = 2.0
 
 
-def http_limits(max_connections: int | None = None, max_keepalive_connections: int | None = 20) -> httpx.Limits:
-    """httpx pool limits for every harness client (keep-alive expiry above)."""
-    return httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive_connections,
-                        keepalive_expiry=KEEPALIVE_EXPIRY_S)
+def http_limits(**limits) -> httpx.Limits:
+    """``httpx.Limits(**limits)`` with the keep-alive expiry above; every harness client uses it."""
+    return httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S, **limits)
 
 
 @dataclass

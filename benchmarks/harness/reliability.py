@@ -403,17 +403,15 @@ async def _ttft(client, base_url, model, ids, max_tokens, errors: list | None = 
     first = -1.0
     try:
         async with client.stream("POST", base_url + "/v1/completions", json=body) as r:
-            if r.status_code != 200 and errors is not None:
-                errors.append(f"HTTP {r.status_code}")
             async for line in r.aiter_lines():
                 if line.startswith("data: {") and first < 0:
                     first = time.monotonic() - t0
     except httpx.HTTPError as e:
-        if errors is not None:
-            errors.append(f"{type(e).__name__}: {e}")
-        return -1.0
-    if first < 0 and errors is not None and r.status_code == 200:
-        errors.append("no token streamed")
+        first, why = -1.0, f"{type(e).__name__}: {e}"
+    else:
+        why = f"HTTP {r.status_code}" if r.status_code != 200 else "no token streamed"
+    if first < 0 and errors is not None:
+        errors.append(why)
     return first
 
 
@@ -433,7 +431,7 @@ def starvation(base_url: str, model: str, long_tokens: int = 900, short_tokens: 
     rng = random.Random(seed)
 
     async def run() -> dict:
-        limits = http_limits(max_connections=100)
+        limits = http_limits(max_connections=100, max_keepalive_connections=20)
         async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(600.0)) as client:
             await _ttft(client, base_url, model, prompt_ids(rng, 16), 2)  # warm
             alone = await _ttft(client, base_url, model, prompt_ids(rng, long_tokens), 2)

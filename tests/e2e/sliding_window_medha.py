@@ -1,5 +1,8 @@
-"""`vllm serve` options of a deployment the Medha attention kernel cannot serve
-(test_attention_backend.py and the refused start-up in conftest.py).
+"""`vllm serve` options of Medha on the synthetic model with every layer made a
+sliding-window layer, which vLLM's CPU_ATTN serves and the Medha attention
+kernel cannot (test_attention_backend.py and the refused start-up in
+conftest.py). Not an fp8 KV cache: vLLM's CPU backend refuses that itself on
+hosts without AVX-512 or AMX, so a test built on it failed before Medha ran.
 
 Kept apart from exactness_common.py on purpose: the scripts that tests run in a
 subprocess (llm_api_exactness_run.py, ray_pp_run.py, ...) import
@@ -13,11 +16,6 @@ import json
 
 from benchmarks.harness.models import SYNTHETIC_LAYERS
 
-# `vllm serve` options of Medha on the synthetic model with every layer made a
-# sliding-window layer, which vLLM's CPU_ATTN serves and the Medha attention
-# kernel cannot (test_attention_backend.py and the refused start-up in
-# conftest.py). Not an fp8 KV cache: vLLM's CPU backend refuses that itself on
-# hosts without AVX-512 or AMX, so a test built on it failed before Medha ran.
 SLIDING_WINDOW_MEDHA = ["--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
                         "--hf-overrides", json.dumps({"layer_types": ["sliding_attention"] * SYNTHETIC_LAYERS,
                                                       "sliding_window": 256}),
