@@ -18,12 +18,13 @@ prompt, with the engine's token budget set to ``c``, requests of 65,536 tokens
 whose first ``65,536 - 2c`` are the long prompt's (a prefix-cache hit of its
 whole blocks) and the rest fresh, so the tail runs as consecutive ``c``-token
 chunks at ~64K context (32: 4 chunks, as the hit stops at a 128-token block's
-boundary; 2048: 2). The per-token cost is the last chunk's engine iteration (the engine core's
-step: schedule, forward, output) / c, best of ``--repeats``; the two sizes
-alternate within each pass, so a drift of the host's speed hits both alike.
-The first chunk's iteration, which also admits the 64K-token request (its
-prefix lookup, its block table and token ids into the model runner), is
-reported beside it (``first_chunk_us_per_token``, ``..._first_chunk_*``).
+boundary; 2048: 2). The per-token cost is the last chunk's engine iteration
+(the engine core's step: schedule, forward, output) / c, best of
+``--repeats``; the two sizes alternate within each pass, so a drift of the
+host's speed hits both alike. The first chunk's iteration, which also admits
+the 64K-token request (its prefix lookup, its block table and token ids into
+the model runner), is reported beside it (``first_chunk_us_per_token``,
+``..._first_chunk_*``).
 ``prefill_64k_speedup_bound``: plain vLLM's 64K TTFT over the time the
 prompt's attention FLOPs alone take at the host's measured float32 FMA peak
 (``benchmarks/harness/peak.py``), an upper bound on any exact kernel's gain.
@@ -46,7 +47,6 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 CONTEXT = 65536
-PREFIX = CONTEXT - 2048
 CHUNKS = (32, 2048)
 TARGETS = {"serving_chunk_cost_ratio_32_vs_2048_medha": "<= 1.25", "prefill_64k_speedup_vs_vllm": ">= 1.5"}
 SIDES = ("plain", "medha", "medha-chunks", "medha-native-chunks")
@@ -118,7 +118,6 @@ def run_side(side: str, model: str, dtype: str, repeats: int) -> dict:
     # `--max-num-batched-tokens c` would), so the fresh tail of 2c tokens after
     # the prefix hit runs as consecutive c-token chunks at ~64K context.
     sched = core.scheduler
-    budget = sched.max_num_scheduled_tokens
     best = {c: float("inf") for c in CHUNKS}
     best_first = dict(best)
     calls: dict = {c: collections.Counter() for c in CHUNKS}
@@ -135,7 +134,6 @@ def run_side(side: str, model: str, dtype: str, repeats: int) -> dict:
                 calls[c] += collections.Counter(CALLS) - before
                 best[c] = min(best[c], chunk_steps[-1])
                 best_first[c] = min(best_first[c], chunk_steps[0])
-    sched.max_num_scheduled_tokens = budget
     out["us_per_token"] = {c: best[c] / c * 1e6 for c in CHUNKS}
     out["first_chunk_us_per_token"] = {c: best_first[c] / c * 1e6 for c in CHUNKS}
     out["attention_calls"] = {c: dict(calls[c]) for c in CHUNKS}
@@ -176,17 +174,11 @@ def main(argv=None) -> dict:
         sides[side]["wall_s"] = time.time() - t
         print(f"{side}: done in {sides[side]['wall_s']:.0f} s", flush=True)
 
-    def ratio(side, key="us_per_token"):
-        s = sides.get(side)
-        return None if s is None or key not in s else s[key]["32"] / s[key]["2048"]
-
     out = {"model": "synthetic-llama-4l (4 q / 2 kv heads, head 64)", "dtype": a.dtype, "context": CONTEXT,
-           "isa": native.host_isa(), "sides": sides,
-           "serving_chunk_cost_ratio_32_vs_2048_vllm": ratio("plain"),
-           "serving_chunk_cost_ratio_32_vs_2048_medha": ratio("medha-chunks"),
-           "serving_chunk_cost_ratio_32_vs_2048_medha_native": ratio("medha-native-chunks")}
-    for side, name in (("plain", "vllm"), ("medha-chunks", "medha"), ("medha-native-chunks", "medha_native")):
-        out[f"serving_chunk_cost_ratio_32_vs_2048_first_chunk_{name}"] = ratio(side, "first_chunk_us_per_token")
+           "isa": native.host_isa(), "sides": sides}
+    for key, infix in (("us_per_token", ""), ("first_chunk_us_per_token", "first_chunk_")):
+        for side, name in (("plain", "vllm"), ("medha-chunks", "medha"), ("medha-native-chunks", "medha_native")):
+            out[f"serving_chunk_cost_ratio_32_vs_2048_{infix}{name}"] = chunk_ratio(sides.get(side, {}).get(key))
     if "plain" in sides and "medha" in sides:
         out["prefill_64k_speedup_vs_vllm"] = sides["plain"]["ttft_64k_s"] / sides["medha"]["ttft_64k_s"]
     if "plain" in sides:
@@ -223,6 +215,11 @@ def prefill_bound(model: str, plain_ttft_s: float, threads: int) -> dict:
             "prefill_64k_speedup_bound": plain_ttft_s / floor_s}
 
 
+def chunk_ratio(per_token: dict | None) -> float | None:
+    """Per-token cost of the 32-token chunk over the 2048-token one (None: not measured)."""
+    return per_token["32"] / per_token["2048"] if per_token else None
+
+
 def print_table(out: dict) -> None:
     print(f"\nsynthetic model, {out['dtype']}, context {out['context']}, ISA {out['isa']}")
     print(f"{'side':<22} {'TTFT 64K (s)':>12} {'us/tok @32':>11} {'us/tok @2048':>13} {'32/2048':>8} "
@@ -230,8 +227,7 @@ def print_table(out: dict) -> None:
     nan = float("nan")
     for name, s in out["sides"].items():
         per, first = s.get("us_per_token", {}), s.get("first_chunk_us_per_token", {})
-        r = per["32"] / per["2048"] if per else nan
-        rf = first["32"] / first["2048"] if first else nan
+        r, rf = (chunk_ratio(x) or nan for x in (per, first))
         print(f"{name:<22} {s['ttft_64k_s']:>12.1f} {per.get('32', nan):>11.1f} {per.get('2048', nan):>13.1f} "
               f"{r:>8.2f} {first.get('32', nan):>17.1f} {first.get('2048', nan):>8.1f} {rf:>8.2f}")
     for k, v in out.items():
