@@ -65,6 +65,9 @@ _SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
 }
 _BOOL_OPTS = {
     "space_sharing": "give a long prefill only part of the budget, the rest to short prefills",
+    "first_token_yield": "with space sharing, a long prefill ahead of its deadline sits out an "
+                         "iteration that ends a short prefill (its first token is not delayed "
+                         "by a long chunk)",
     "profile": "profile the model at start-up when no cached profile matches",
     "client_slos": "honour per-request deadlines clients declare in vllm_xargs "
                    "(ttft_deadline_s, tbt_deadline_s); false: every request gets the defaults",
@@ -106,6 +109,7 @@ class MedhaConfig:
     space_sharing: bool = True
     long_request_threshold: int = 16384
     space_sharing_max_slack: float = 0.5
+    first_token_yield: bool = True
     # Starvation guard of the LARS order (policy/planner.py priority_of).
     starvation_guard: float = 2.0
     # Runtime predictor profiling.
@@ -204,7 +208,8 @@ class MedhaConfig:
                 f"{settings.solo_batch_time_s:.3f} s), TBT SLO {rules.tbt_slo_s:.3f} s, chunks "
                 f"{self.min_chunk_size}..{self.max_chunk_size}, space sharing {self.space_sharing} "
                 f"(long >= {self.long_request_threshold} tokens, rho_max "
-                f"{self.space_sharing_max_slack:.2f})")
+                f"{self.space_sharing_max_slack:.2f}, first-token yield "
+                f"{self.first_token_yield})")
 
     def planner_settings(self) -> "PlannerSettings":
         """The planner's knobs (policy.planner.PlannerSettings) of a resolved
@@ -216,7 +221,8 @@ class MedhaConfig:
             solo_batch_time_s=self.solo_batch_time_s, min_chunk=self.min_chunk_size,
             max_chunk=self.max_chunk_size, space_sharing=self.space_sharing,
             long_request_threshold=self.long_request_threshold,
-            rho_max=self.space_sharing_max_slack, starvation_guard=self.starvation_guard)
+            rho_max=self.space_sharing_max_slack, first_token_yield=self.first_token_yield,
+            starvation_guard=self.starvation_guard)
 
     def deadline_rules(self) -> "DeadlineRules":
         """How a new request's deadlines are set (policy.work.DeadlineRules)."""

@@ -77,6 +77,9 @@ class MedhaSnapshot:
     # Non-empty batches dispatched while another was in flight (async
     # scheduling or pipeline stages overlapping batches).
     overlapped_batches: int = 0
+    # Iterations in which a long prefill sat out for a short prefill's first
+    # token (first-token yield, policy/batching.py).
+    first_token_yields: int = 0
     # KV-cache parallelism: per finished request, the groups its KV cache spanned.
     kvp_groups_per_request: Histogram = field(default_factory=lambda: Histogram(GROUP_BUCKETS))
 
@@ -113,6 +116,9 @@ class MedhaMetricsRecorder:
 
     def count_overlapped_batch(self) -> None:
         self.snap.overlapped_batches += 1
+
+    def count_first_token_yield(self) -> None:
+        self.snap.first_token_yields += 1
 
     def observe_kvp_groups(self, groups: int) -> None:
         self.snap.kvp_groups_per_request.observe(groups)
@@ -237,7 +243,11 @@ class _SnapshotCollector:
         ovl = CounterMetricFamily("medha:overlapped_batches", "Batches dispatched while "
                                   "another was in flight (async scheduling, pipeline stages)",
                                   labels=["engine"])
+        yld = CounterMetricFamily("medha:first_token_yields", "Iterations in which a long "
+                                  "prefill sat out for a short prefill's first token",
+                                  labels=["engine"])
         for i, s in enumerate(snaps):
+            yld.add_metric([str(i)], s.get("first_token_yields", 0))
             flo.add_metric([str(i)], s.get("floored_deadlines", 0))
             ovl.add_metric([str(i)], s.get("overlapped_batches", 0))
             for kind, v in s["preemptions"].items():
@@ -248,7 +258,7 @@ class _SnapshotCollector:
             err.add_metric([str(i), "profile"], s["predictor_profile_error"])
             tgt.add_metric([str(i)], s["target_batch_time_s"])
             abo.add_metric([str(i)], s.get("aborted_requests", 0))
-        yield from (pre, miss, err, tgt, abo, flo, ovl)
+        yield from (pre, miss, err, tgt, abo, flo, ovl, yld)
         kvp = read_snapshots(kind="kvp")
         if kvp:
             specs = [("merge_seconds", "medha:kvp_merge_seconds", "Time each KVP worker spent "

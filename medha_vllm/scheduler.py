@@ -174,6 +174,8 @@ class MedhaScheduler(Scheduler):
             self.metrics.observe_chunk(c)
         if plan.most_urgent_rho is not None:
             self.metrics.observe_slack(plan.most_urgent_rho)
+        if plan.yielded is not None:
+            self.metrics.count_first_token_yield()
         self.last_plan = plan
 
     def _mamba_block_aligned_split(self, request, num_new_tokens: int, *args: Any,

@@ -1,16 +1,25 @@
 """The default iteration budget, derived from the host's profile (pure).
 
-A fixed budget cannot suit every host: on the project's AVX-512 machine a
-32-token chunk of the synthetic model at 64K context takes ~0.1 s, on an
-AVX2 machine with emulated bfloat16 a 16-token chunk took 0.32 s, twice the
-old constant 150 ms, so no chunk fitted and Medha fell back to its smallest.
-The rule here: the budget must fit one prefill chunk of ``min_chunk_size``
-tokens at the longest context the deployment serves (``derive_target`` can
-also fit a chunk of *efficient* size, the smallest whose predicted cost per
-token is within ``EFFICIENCY`` of the largest chunk's; measured, that cost
-the TBT target, see its note). The platform's constant stays as the floor
-(what decode-heavy batches and the TBT SLO were tuned to), so a fast host
-keeps its budget and a slow one gets what its own profile says it needs.
+The budget is the iteration time that a short request arriving mid-prefill
+waits for (the iteration in flight) and the time between a decode's tokens;
+the long prefill wants it large enough that the iteration's fixed cost
+(scheduling, sampling, the engine's per-step work) stays a small share of it.
+The rule here: the platform's constant (what decode-heavy batches and the TBT
+SLO were tuned to) unless this host's profile puts an iteration's fixed cost
+above ``OVERHEAD_SHARE`` of it; then the budget is raised (at most
+``MAX_RAISE`` x) so that it is that share.
+
+NOTE(medha): an earlier rule raised the budget until one ``min_chunk_size``
+chunk fitted at ``--max-model-len`` (and before it, a chunk of efficient
+size). Measured in `make bench-hol` on the AVX2 host (native kernel,
+first-token yield): that rule gave 0.207 s where the platform's 0.150 s
+fits the chunk below 45,120 tokens of context, and it lengthened every
+iteration, not only those near 64K: short TTFT P50 0.19 s against 0.16 s
+(isolation 2.26 vs 1.87 x idle), TBT P99 262 vs 187 ms, for the same long
+TTFT (180.8 vs 181.6 s). Past the context where one chunk of min_chunk_size
+exceeds the budget the planner runs that one chunk anyway (the most urgent
+prefill always progresses, policy/batching.py), so the long prefill loses
+nothing there; the start-up log says from which context that happens.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from dataclasses import dataclass
 
 from medha_vllm.policy.predictor import BatchShape, LinearBatchPredictor
 
-EFFICIENCY = 1.25
+# The largest share of the budget an iteration's fixed cost may take.
+OVERHEAD_SHARE = 0.1
 # The derived budget never exceeds this multiple of the platform default
 # (a profile extrapolated far past what it measured must not stall decodes).
 MAX_RAISE = 4.0
@@ -28,56 +38,64 @@ MAX_RAISE = 4.0
 @dataclass(frozen=True)
 class DerivedBudget:
     target_s: float
-    chunk: int  # the chunk the budget fits
+    # Predicted fixed cost of an iteration (one decode at no context).
+    fixed_s: float
+    chunk: int  # min_chunk_size
     chunk_time_s: float  # predicted time of that chunk at the longest context
     context: int
+    # Smallest context (tokens, on the chunk grid) at which one chunk of
+    # `chunk` tokens is predicted above the budget; None: it fits everywhere.
+    overrun_context: int | None
     reason: str
 
 
-def efficient_chunk(predictor: LinearBatchPredictor, context: int, min_chunk: int, max_chunk: int) -> int:
-    """Smallest chunk (min_chunk x 2^k, capped at max_chunk) whose predicted
-    marginal cost per token, appended after ``context`` tokens, is within
-    EFFICIENCY of max_chunk's after the same context. Marginal: the
-    iteration's fixed cost (the empty batch) is left out, since decodes share
-    it whatever the chunk; what is left per chunk is the context it re-reads."""
-    empty = predictor.predict(BatchShape())
-
-    def per_token(c: int) -> float:
-        return (predictor.predict(BatchShape(((c, context),))) - empty) / c
-
-    best = per_token(max_chunk)
-    c = min_chunk
-    while c < max_chunk:
-        if per_token(c) <= EFFICIENCY * best:
-            return c
-        c *= 2
-    return max_chunk
+def fixed_cost(predictor: LinearBatchPredictor) -> float:
+    """Predicted time of the cheapest real iteration: one decode at no context."""
+    return predictor.predict(BatchShape((), (1,)))
 
 
-def derive_target(predictor: LinearBatchPredictor, context: int, min_chunk: int, max_chunk: int,
-                  floor_s: float, fit: str = "min") -> DerivedBudget:
-    """``fit="min"`` (the default): the budget fits a min_chunk-token chunk at
-    ``context``; ``fit="efficient"``: a chunk of efficient size. NOTE(medha):
-    "efficient" was tried first and measured in `make bench-hol` on this
-    project's host (bfloat16): the budget rose to 0.323 s (a 512-token chunk
-    at 64K), which made short-request isolation 1.17x idle but Medha's TBT
-    P99 372 ms, no better than chunked vLLM's (368 ms). Fitting the smallest
-    chunk is what the old constant failed at on slow hosts, without that cost."""
-    eff = efficient_chunk(predictor, context, min_chunk, max_chunk)
-    c = eff if fit == "efficient" else min_chunk
-    t = predictor.predict(BatchShape(((c, context),)))
-    what = (f"the smallest chunk within {EFFICIENCY}x of a {max_chunk}-token chunk's cost per token"
-            if fit == "efficient" else f"min_chunk_size; a chunk within {EFFICIENCY}x of a "
-            f"{max_chunk}-token chunk's cost per token would be {eff} tokens")
-    if t <= floor_s:
-        reason = (f"platform default {floor_s:.3f} s: it fits a {c}-token chunk at {context} tokens of "
-                  f"context (predicted {t:.3f} s; {what})")
-        return DerivedBudget(floor_s, c, t, context, reason)
-    target = min(t, MAX_RAISE * floor_s)
-    reason = (f"raised from the platform default {floor_s:.3f} s so that a {c}-token chunk fits at "
-              f"{context} tokens of context (predicted {t:.3f} s on this host; {what})"
-              + (f", capped at {MAX_RAISE:g}x the default" if target < t else ""))
-    return DerivedBudget(target, c, t, context, reason)
+def overrun_context(predictor: LinearBatchPredictor, chunk: int, budget_s: float,
+                    max_context: int) -> int | None:
+    """Smallest context (a multiple of `chunk`) up to `max_context` at which a
+    `chunk`-token chunk alone is predicted above `budget_s`, None if none."""
+    time_at = lambda ctx: predictor.predict(BatchShape(((chunk, ctx),)))  # noqa: E731
+    if time_at(max_context) <= budget_s:
+        return None
+    lo, hi = 0, max_context // chunk  # time is non-decreasing in the context
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if time_at(mid * chunk) > budget_s:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo * chunk
+
+
+def derive_target(predictor: LinearBatchPredictor, context: int, min_chunk: int,
+                  floor_s: float) -> DerivedBudget:
+    """The default budget for a host whose profile is `predictor`, serving
+    contexts up to `context` tokens (see the module docstring)."""
+    fixed = fixed_cost(predictor)
+    want = fixed / OVERHEAD_SHARE
+    if want <= floor_s:
+        target = floor_s
+        why = (f"platform default {floor_s:.3f} s: an iteration's fixed cost ({1e3 * fixed:.1f} ms "
+               f"predicted on this host) is {fixed / floor_s:.0%} of it (<= {OVERHEAD_SHARE:.0%})")
+    else:
+        target = min(want, MAX_RAISE * floor_s)
+        why = (f"raised from the platform default {floor_s:.3f} s so that an iteration's fixed "
+               f"cost ({1e3 * fixed:.1f} ms predicted on this host) is at most "
+               f"{OVERHEAD_SHARE:.0%} of it" + (f", capped at {MAX_RAISE:g}x the default"
+                                                 if target < want else ""))
+    t = predictor.predict(BatchShape(((min_chunk, context),)))
+    over = overrun_context(predictor, min_chunk, target, context)
+    if over is None:
+        where = f"a {min_chunk}-token chunk fits up to {context} tokens of context (predicted {t:.3f} s)"
+    else:
+        where = (f"a {min_chunk}-token chunk fits below {over} tokens of context; from there on "
+                 f"an iteration carries one {min_chunk}-token chunk over the budget (predicted "
+                 f"{t:.3f} s at {context})")
+    return DerivedBudget(target, fixed, min_chunk, t, context, over, f"{why}; {where}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +114,7 @@ def budgets_for(cfg, predictor: LinearBatchPredictor, context: int, floor_s: flo
     if "target_batch_time_s" in explicit:
         target, reason = cfg.target_batch_time_s, "target_batch_time_s set by the user"
     else:
-        d = derive_target(predictor, context, cfg.min_chunk_size, cfg.max_chunk_size, floor_s)
+        d = derive_target(predictor, context, cfg.min_chunk_size, floor_s)
         target, reason = d.target_s, d.reason
     solo = cfg.solo_batch_time_s if "solo_batch_time_s" in explicit else 8 * target
     tbt = cfg.tbt_slo_s if "tbt_slo_s" in explicit else 1.5 * target

@@ -106,6 +106,9 @@ class PlannerSettings:
     space_sharing: bool = True
     long_request_threshold: int = 16384
     rho_max: float = 0.5
+    # First-token yield (policy/batching.py plan_batch): a long prefill with
+    # slack sits out a batch that ends a short prefill.
+    first_token_yield: bool = True
     # NOTE(medha): ranking every one of 1,000 queued requests each iteration
     # costs milliseconds; only the most urgent few can be admitted anyway.
     waiting_rank_limit: int = 64
@@ -139,6 +142,9 @@ class IterationPlan:
     paused: tuple[str, ...] = ()
     # Running prefills to free now and recompute later (KV for `admit`).
     victims: tuple[str, ...] = ()
+    # The long prefill that sat out this iteration for a short one's first
+    # token (first-token yield; it is also in `paused`), or None.
+    yielded: str | None = None
     # Iteration budget (s) and why: "target" or "solo".
     budget_s: float = 0.0
     budget_reason: str = "target"
@@ -246,7 +252,8 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
         return plan_batch([r.computed_tokens for r in decodes], candidates, work.predictor,
                           budget, view.token_budget, s.min_chunk, max_chunk,
                           space_sharing=s.space_sharing and s.order == "lars",
-                          rho_max=s.rho_max, correction=correction)
+                          rho_max=s.rho_max, correction=correction,
+                          first_token_yield=s.first_token_yield)
 
     batch = batch_of(cands)
     # Free-slot cap, then eviction for the admitted ones.
@@ -275,6 +282,7 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
         admit=tuple(r.req_id for r in admit),
         paused=tuple(r.req_id for r in live_prefills if r.req_id not in chunks),
         victims=tuple(r.req_id for r in victims),
+        yielded=batch.yielded if batch.yielded not in victim_ids else None,
         budget_s=budget, budget_reason="solo" if solo else "target",
         predicted_time_s=batch.predicted_time_s,
         most_urgent_rho=keyed[0][0].rho if keyed and s.order == "lars" else None,

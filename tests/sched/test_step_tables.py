@@ -85,17 +85,19 @@ def test_worked_example_fcfs_convoys_and_edf_preempts_at_once(synthetic_path):
     assert max(edf.first_token["s1"], edf.first_token["s2"]) == pytest.approx(6.12)
 
 
-def test_space_sharing_caps_the_long_prefill_and_admits_one_long(synthetic_path):
-    def run(space_sharing):
-        s = scheduler(synthetic_path, medha={"long_request_threshold": 4096,
-                                             "space_sharing": space_sharing})
-        d = Driver(s, MS_PER_TOKEN.predict, [
-            make_request("L1", 8000, 0.0), make_request("L2", 6000, 0.0),
-            make_request("s", 300, 1.0)])
-        d.run()
-        return d
+def run_space_sharing(model, space_sharing, first_token_yield=False):
+    s = scheduler(model, medha={"long_request_threshold": 4096, "space_sharing": space_sharing,
+                                "first_token_yield": first_token_yield})
+    d = Driver(s, MS_PER_TOKEN.predict, [
+        make_request("L1", 8000, 0.0), make_request("L2", 6000, 0.0),
+        make_request("s", 300, 1.0)])
+    d.run()
+    return d
 
-    shared, plain = run(True), run(False)
+
+def test_space_sharing_caps_the_long_prefill_and_admits_one_long(synthetic_path):
+    # The paper's space sharing alone (first-token yield off: see the next test).
+    shared, plain = run_space_sharing(synthetic_path, True), run_space_sharing(synthetic_path, False)
     for d in (shared, plain):
         # At most one long prefill per batch, with or without space sharing.
         assert all(not ({"L1", "L2"} <= set(r.run)) for r in d.rows)
@@ -118,49 +120,27 @@ def test_space_sharing_caps_the_long_prefill_and_admits_one_long(synthetic_path)
     assert shared.first_token["s"] < plain.first_token["s"]
 
 
-def test_kv_exhaustion_urgent_request_frees_the_least_urgent_prefill(synthetic_path):
-    # 31 free blocks of 16 tokens (496 tokens). A (480 tokens, 30 blocks)
-    # holds 24 blocks after 4 chunks; u (160 tokens, 10 blocks, due in
-    # 0.2 s) arrives at 0.35 and is more urgent (rho 0.25 against A's 0.5).
-    s = scheduler(synthetic_path, num_blocks=32)
-    free0 = s.kv_cache_manager.block_pool.get_num_free_blocks()
-    d = Driver(s, MS_PER_TOKEN.predict, [make_request("A", 480, 0.0),
-                                         make_request("u", 160, 0.35, ttft_deadline_s=0.2)])
-    d.run()
-    assert [(round(r.t, 3), r.run, r.paused, r.recomputed) for r in d.rows] == [
-        (0.0, {"A": 96}, (), ()), (0.096, {"A": 96}, (), ()),
-        (0.192, {"A": 96}, (), ()), (0.288, {"A": 96}, (), ()),
-        # 7 blocks free < 10: A is freed (recomputed later), u admitted.
-        (0.384, {"u": 96}, (), ("A",)),
-        # A is now late (rho < 0) and more urgent than u, but a request that
-        # was freed waits for blocks instead of evicting its evictor (no
-        # ping-pong: the first version of the planner thrashed here).
-        (0.48, {"u": 64}, (), ()),
-        (0.544, {"A": 96}, (), ()), (0.64, {"A": 96}, (), ()), (0.736, {"A": 96}, (), ()),
-        (0.832, {"A": 96}, (), ()), (0.928, {"A": 96}, (), ()),
-        (1.024, {}, (), ()),
+def test_first_token_yield_long_prefill_sits_out_the_short_prompts_last_chunk(synthetic_path):
+    d = run_space_sharing(synthetic_path, True, first_token_yield=True)
+    window = [(round(r.t, 3), r.run, r.paused) for r in d.rows if 0.9 < r.t < 1.5]
+    assert window == [
+        (0.96, {"L1": 96}, ("L2",)),
+        # The short's 300 tokens do not fit one 0.1 s batch (96 do): no first
+        # token this step, so L2 keeps its space-sharing share.
+        (1.056, {"L2": 32, "s": 64}, ("L1",)),
+        (1.152, {"s": 96}, ("L2", "L1")),
+        (1.248, {"s": 96}, ("L2", "L1")),
+        # The last 44 tokens end the short prompt: L2 (ahead of its deadline)
+        # sits out, and the step takes 0.044 s instead of 0.076 s.
+        (1.344, {"s": 44}, ("L2", "L1")),
+        (1.388, {"L2": 96}, ("L1",)),
+        (1.484, {"L2": 96}, ("L1",)),
     ]
-    assert d.first_token == pytest.approx({"u": 0.544, "A": 1.024})
-    assert s.kv_cache_manager.block_pool.get_num_free_blocks() == free0
-
-
-def test_kv_exhaustion_no_eviction_that_cannot_admit(synthetic_path):
-    # 63 free blocks. C (relaxed) holds 6 blocks, A (urgent) 36 after six
-    # chunks; u (480 tokens = 30 blocks) arrives at 0.5, between them in
-    # urgency: 21 free + C's 6 < 30, so freeing C would not admit u.
-    s = scheduler(synthetic_path, num_blocks=64)
-    d = Driver(s, MS_PER_TOKEN.predict, [
-        make_request("C", 400, 0.0, ttft_deadline_s=1000.0),
-        make_request("A", 800, 0.05, ttft_deadline_s=1.0),
-        make_request("u", 480, 0.5, ttft_deadline_s=3.0)])
-    d.run()
-    assert all(not r.recomputed for r in d.rows), "a request was freed for nothing"
-    table = compress(d.rows)
-    assert table[:3] == [(1, {"C": 96}, (), ()), (8, {"A": 96}, ("C",), ()),
-                         (1, {"A": 32, "C": 64}, (), ())]
-    # u waits for A's blocks (A finishes at 0.96), then runs before C.
-    assert table[3] == (5, {"u": 96}, ("C",), ())
-    assert d.first_token == pytest.approx({"A": 0.96, "u": 1.44, "C": 1.68})
+    shared = run_space_sharing(synthetic_path, True)
+    assert d.first_token["s"] == pytest.approx(1.388)
+    assert shared.first_token["s"] == pytest.approx(1.42)
+    assert d.sched.metrics.snap.first_token_yields == 1
+    assert shared.sched.metrics.snap.first_token_yields == 0
 
 
 def test_spp_two_batches_in_flight_and_drain_split(synthetic_path):
@@ -176,19 +156,21 @@ def test_spp_two_batches_in_flight_and_drain_split(synthetic_path):
         (0.0, {"L": 992}), (0.0, {"L": 992}),
         # Then one dispatch per stage time (0.05 s).
         (0.099, {"L": 992}), (0.149, {"L": 992}), (0.198, {"L": 992}),
-        # The short arrived at 0.2: space sharing caps L at half the budget.
-        (0.248, {"L": 480, "s": 300}),
+        # The short arrived at 0.2. Its whole prompt fits: L (ahead of its
+        # deadline) sits out this batch (first-token yield).
+        (0.248, {"s": 300}),
         (0.298, {"L": 992}),
-        # Drain split: the last 1,568 tokens go as 784, 392, 256, 136, so the
+        (0.313, {"s": 1, "L": 992}),
+        # Drain split: the last 1,056 tokens go as 528, 264, 256, 8, so the
         # pipeline drains after a small chunk.
-        (0.337, {"s": 1, "L": 784}), (0.397, {"L": 392}), (0.436, {"L": 256}),
-        (0.456, {"L": 136}),
+        (0.397, {"L": 528}), (0.447, {"L": 264}), (0.473, {"L": 256}), (0.486, {"L": 8}),
         # L's last chunk is in flight: nothing is dispatched (has_requests()
         # is False) until it returns and L can decode.
-        (0.475, {"L": 1}),
-        (0.475, {}),
+        (0.499, {"L": 1}),
+        (0.499, {}),
     ]
-    assert d.first_token["s"] == pytest.approx(0.3366)
+    # (0.3366 with space sharing alone: L's 480-token share shared the batch.)
+    assert d.first_token["s"] == pytest.approx(0.3126)
 
 
 def test_disconnect_mid_prefill_returns_every_block(synthetic_path):

@@ -132,3 +132,48 @@ def test_drain_tail_cap_splits_only_the_end_of_a_pipelined_prompt():
         left -= c
     assert tail == [900, 450, 256, 194]
     assert drain_tail_cap(1000, 4, 64) == 250
+
+
+def _long_chunk_time(plan, ctx):
+    return FAKE.predict(BatchShape(((plan.chunks["L"], ctx),))) - FAKE.predict(BatchShape())
+
+
+def test_first_token_yield_long_sits_out_the_batch_that_ends_a_short():
+    cands = [cand("L", 100_000, 50_000, rho=0.4, long=True), cand("s", 300, 0, rho=20.0)]
+    plan = plan_batch([1000] * 2, cands, FAKE, 0.1, 8192, 32, 8192, first_token_yield=True)
+    # The short's whole prompt runs, with the decodes and nothing of the long prefill.
+    assert plan.chunks == {"s": 300} and plan.yielded == "L"
+    assert plan.predicted_time_s == pytest.approx(
+        FAKE.predict(BatchShape(((300, 0),), (1000, 1000))))
+    # Without the yield the same batch carries the long prefill's share too.
+    shared = plan_batch([1000] * 2, cands, FAKE, 0.1, 8192, 32, 8192, first_token_yield=False)
+    assert shared.chunks["s"] == 300 and shared.chunks["L"] > 0 and shared.yielded is None
+    assert shared.predicted_time_s > plan.predicted_time_s + 0.03
+
+
+@pytest.mark.parametrize("rho", [0.0, -0.3, float("-inf")])
+def test_first_token_yield_not_when_the_long_prefill_is_late_or_starving(rho):
+    cands = [cand("L", 100_000, 50_000, rho=rho, long=True), cand("s", 300, 0, rho=20.0)]
+    plan = plan_batch([], cands, FAKE, 0.1, 8192, 32, 8192, first_token_yield=True)
+    assert plan.yielded is None and plan.chunks["L"] > 0
+    # Late (rho <= 0): the batch is space sharing's alone (which leaves the
+    # long prefill the whole budget, the short one what is left).
+    assert plan.chunks == plan_batch([], cands, FAKE, 0.1, 8192, 32, 8192).chunks
+    assert plan.chunks["s"] < 300
+
+
+def test_first_token_yield_not_for_a_chunk_that_does_not_end_the_prompt():
+    # A 20,000-token prompt below the long threshold cannot finish in one
+    # 0.1 s batch: this batch gives it no first token, so the long prefill
+    # keeps its space-sharing share.
+    cands = [cand("L", 100_000, 50_000, rho=0.4, long=True), cand("m", 20_000, 0, rho=5.0)]
+    plan = plan_batch([], cands, FAKE, 0.1, 8192, 32, 8192, first_token_yield=True)
+    assert plan.yielded is None and plan.chunks["L"] > 0 and 0 < plan.chunks["m"] < 20_000
+    assert _long_chunk_time(plan, 50_000) <= 0.1 * (1 - 0.4) + 1e-9
+
+
+def test_first_token_yield_needs_space_sharing():
+    cands = [cand("L", 100_000, 50_000, rho=0.4, long=True), cand("s", 300, 0, rho=20.0)]
+    plan = plan_batch([], cands, FAKE, 0.1, 8192, 32, 8192, space_sharing=False,
+                      first_token_yield=True)
+    assert plan.yielded is None and plan.chunks["L"] > 0
