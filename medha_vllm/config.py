@@ -31,6 +31,9 @@ _SPECS: dict[str, tuple[type, float | None, float | None, bool, str]] = {
     "solo_batch_time_s": (float, 0.0, 600.0, False,
         "time budget of an iteration whose prefill is the only request in the engine "
         "(nothing else running or waiting); default 8 x target_batch_time_s"),
+    "solo_quiet_s": (float, 0.0, 86400.0, True,
+        "a prefill alone in the engine gets the solo budget only once no other request has "
+        "been in the engine for this long (s); default 2 x solo_batch_time_s"),
     "tbt_slo_s": (float, 0.0, 600.0, False,
         "deadline between consecutive output tokens (s); default 1.5 x target_batch_time_s"),
     "ttft_deadline_multiplier": (float, 1.0, 1000.0, True,
@@ -92,6 +95,9 @@ class MedhaConfig:
     target_batch_time_s: float | None = None
     # Budget of an iteration whose prefill is alone in the engine. None: 8 x target.
     solo_batch_time_s: float | None = None
+    # Time the engine must have held no other request before a lone prefill
+    # gets the solo budget. None: 2 x solo_batch_time_s.
+    solo_quiet_s: float | None = None
     # Decode (time-between-tokens) deadline (s). None: 1.5 x target.
     tbt_slo_s: float | None = None
     # Length-aware TTFT deadline: max(multiplier x standalone prefill, floor).
@@ -132,7 +138,8 @@ class MedhaConfig:
         for name, (typ, lo, hi, lo_incl, desc) in _SPECS.items():
             value = getattr(self, name)
             if value is None and name in ("target_batch_time_s", "tbt_slo_s",
-                                          "solo_batch_time_s", "min_request_deadline_s",
+                                          "solo_batch_time_s", "solo_quiet_s",
+                                          "min_request_deadline_s",
                                           "kvp_max_tokens_per_group"):
                 continue
             _check_number(name, value, typ, lo, hi, lo_incl)
@@ -182,9 +189,11 @@ class MedhaConfig:
         if target is None:
             target = 0.05 if on_gpu else 0.15
         tbt = self.tbt_slo_s if self.tbt_slo_s is not None else 1.5 * target
-        solo = self.solo_batch_time_s if self.solo_batch_time_s is not None else 8 * target
+        solo = max(self.solo_batch_time_s if self.solo_batch_time_s is not None else 8 * target,
+                   target)
+        quiet = self.solo_quiet_s if self.solo_quiet_s is not None else 2 * solo
         return dataclasses.replace(self, target_batch_time_s=target, tbt_slo_s=tbt,
-                                   solo_batch_time_s=max(solo, target))
+                                   solo_batch_time_s=solo, solo_quiet_s=quiet)
 
     def check_paths(self) -> None:
         """Start-up check that the output paths can be written (the engine
@@ -205,7 +214,7 @@ class MedhaConfig:
     def describe(self, settings: "PlannerSettings", rules: "DeadlineRules") -> str:
         """The start-up log's summary of the budgets and chunking in force."""
         return (f"target batch time {settings.target_batch_time_s:.3f} s (solo "
-                f"{settings.solo_batch_time_s:.3f} s), TBT SLO {rules.tbt_slo_s:.3f} s, chunks "
+                f"{settings.solo_batch_time_s:.3f} s after {settings.solo_quiet_s:.3f} s alone), TBT SLO {rules.tbt_slo_s:.3f} s, chunks "
                 f"{self.min_chunk_size}..{self.max_chunk_size}, space sharing {self.space_sharing} "
                 f"(long >= {self.long_request_threshold} tokens, rho_max "
                 f"{self.space_sharing_max_slack:.2f}, first-token yield "
@@ -218,7 +227,8 @@ class MedhaConfig:
 
         return PlannerSettings(
             target_batch_time_s=self.target_batch_time_s,
-            solo_batch_time_s=self.solo_batch_time_s, min_chunk=self.min_chunk_size,
+            solo_batch_time_s=self.solo_batch_time_s, solo_quiet_s=self.solo_quiet_s,
+            min_chunk=self.min_chunk_size,
             max_chunk=self.max_chunk_size, space_sharing=self.space_sharing,
             long_request_threshold=self.long_request_threshold,
             rho_max=self.space_sharing_max_slack, first_token_yield=self.first_token_yield,

@@ -46,7 +46,8 @@ def build_view(sched: Any) -> EngineView:
         now=sched.clock(), running=running, waiting=waiting, num_waiting=len(sched.waiting),
         free_slots=free_slots, free_kv_blocks=seams.free_kv_blocks(sched),
         block_size=sched.block_size, token_budget=sched.max_num_scheduled_tokens,
-        stages=sched.stages, batches_in_flight=len(sched.ledger), **kvp_view(sched))
+        stages=sched.stages, batches_in_flight=len(sched.ledger),
+        last_company=sched.last_company, **kvp_view(sched))
 
 
 def kvp_view(sched: Any) -> dict:

@@ -93,6 +93,9 @@ class MedhaScheduler(Scheduler):
         self.settings, self.rules = cfg.planner_settings(), cfg.deadline_rules()
         self.slo = SloBook(self._new_slack_state, self.metrics.count_miss)
         self.last_plan: IterationPlan | None = None
+        # Last time the engine held more than one request (the solo budget's
+        # quiet period, policy/planner.py).
+        self.last_company = float("-inf")
         self.pauses = PauseTracker(self.metrics)
         self.kvp = kvp_scheduling.attach(self, cfg.kv_parallel_size, cfg.kvp_max_tokens_per_group)
         self.kvp_groups = self.kvp and kvp_scheduling.GroupTracker(self.kvp, self.metrics)
@@ -113,11 +116,13 @@ class MedhaScheduler(Scheduler):
         if profiled:
             b = budgets_for(self.medha, predictor, self.max_model_len, self.medha.target_batch_time_s)
             self.settings = dataclasses.replace(self.settings, target_batch_time_s=b.target_s,
-                                                solo_batch_time_s=b.solo_s)
+                                                solo_batch_time_s=b.solo_s,
+                                                solo_quiet_s=b.solo_quiet_s)
             self.rules = dataclasses.replace(self.rules, tbt_slo_s=b.tbt_slo_s)
             self.metrics.snap.target_batch_time_s = b.target_s
-            logger.info("Medha: iteration budget %.3f s (solo %.3f s, TBT SLO %.3f s): %s",
-                        b.target_s, b.solo_s, b.tbt_slo_s, b.reason)
+            logger.info("Medha: iteration budget %.3f s (solo %.3f s after %.3f s alone, "
+                        "TBT SLO %.3f s): %s", b.target_s, b.solo_s, b.solo_quiet_s, b.tbt_slo_s,
+                        b.reason)
         self.predictor = predictor
         self.work = PrefillWork(predictor, self.settings.target_batch_time_s,
                                 self.settings.min_chunk,
@@ -159,6 +164,8 @@ class MedhaScheduler(Scheduler):
         return output
 
     def _plan_and_apply(self) -> None:
+        if len(self.running) + len(self.waiting) > 1:
+            self.last_company = self.clock()
         self._apply(plan_iteration(build_view(self), self.settings, self.work,
                                    self.correction.factor(True)))
 

@@ -102,6 +102,7 @@ def derive_target(predictor: LinearBatchPredictor, context: int, min_chunk: int,
 class Budgets:
     target_s: float
     solo_s: float
+    solo_quiet_s: float
     tbt_slo_s: float
     reason: str
 
@@ -109,13 +110,15 @@ class Budgets:
 def budgets_for(cfg, predictor: LinearBatchPredictor, context: int, floor_s: float) -> Budgets:
     """The iteration budgets of a resolved MedhaConfig, with the target
     derived from ``predictor`` (a profile of this host) unless the user set
-    it; the solo budget (8x) and TBT SLO (1.5x) follow it unless set too."""
+    it; the solo budget (8x), its quiet period (2x the solo budget) and the
+    TBT SLO (1.5x) follow it unless set too."""
     explicit = cfg._explicit
     if "target_batch_time_s" in explicit:
         target, reason = cfg.target_batch_time_s, "target_batch_time_s set by the user"
     else:
         d = derive_target(predictor, context, cfg.min_chunk_size, floor_s)
         target, reason = d.target_s, d.reason
-    solo = cfg.solo_batch_time_s if "solo_batch_time_s" in explicit else 8 * target
+    solo = max(cfg.solo_batch_time_s if "solo_batch_time_s" in explicit else 8 * target, target)
+    quiet = cfg.solo_quiet_s if "solo_quiet_s" in explicit else 2 * solo
     tbt = cfg.tbt_slo_s if "tbt_slo_s" in explicit else 1.5 * target
-    return Budgets(target, max(solo, target), tbt, reason)
+    return Budgets(target, solo, quiet, tbt, reason)

@@ -107,6 +107,7 @@ def simulate_engine(reqs: list[SimRequest], predictor: LinearBatchPredictor,
         r.recomputed += 1
         waiting.insert(0, r)
 
+    last_company = float("-inf")  # the solo budget's quiet period
     while len(res.steps) < max_iterations:
         while pending and pending[0].arrival <= t + 1e-12:
             waiting.append(pending.pop(0))
@@ -115,11 +116,14 @@ def simulate_engine(reqs: list[SimRequest], predictor: LinearBatchPredictor,
                 break
             t = pending[0].arrival
             continue
+        if len(running) + len(waiting) > 1:
+            last_company = t
         view = EngineView(now=t, running=tuple(view_of(r) for r in running),
                           waiting=WaitingSet.of([view_of(r) for r in waiting]),
                           num_waiting=len(waiting),
                           free_slots=max_num_seqs - len(running), free_kv_blocks=free_blocks(),
-                          block_size=block_size, token_budget=token_budget)
+                          block_size=block_size, token_budget=token_budget,
+                          last_company=last_company)
         plan = plan_iteration(view, settings, work)
         for rid in plan.victims:
             preempt(by_id[rid])

@@ -64,7 +64,11 @@ def test_solo_and_tbt_follow_unless_set_and_a_user_target_wins():
     b = budgets_for(cfg, SLOW_FIXED, 65536, 0.05)
     assert b.target_s == pytest.approx(0.2) and b.solo_s == pytest.approx(8 * b.target_s)
     assert b.tbt_slo_s == pytest.approx(1.5 * b.target_s)
+    assert b.solo_quiet_s == pytest.approx(2 * b.solo_s)
     cfg = MedhaConfig.from_dict({"target_batch_time_s": 0.2, "tbt_slo_s": 0.5}).resolve(on_gpu=False)
     b = budgets_for(cfg, SLOW_FIXED, 65536, cfg.target_batch_time_s)
     assert (b.target_s, b.solo_s, b.tbt_slo_s) == (0.2, pytest.approx(1.6), 0.5)
+    assert b.solo_quiet_s == pytest.approx(3.2)
+    cfg = MedhaConfig.from_dict({"solo_quiet_s": 0.0}).resolve(on_gpu=False)
+    assert budgets_for(cfg, SLOW_FIXED, 65536, 0.15).solo_quiet_s == 0.0
     assert "set by the user" in b.reason

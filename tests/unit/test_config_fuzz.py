@@ -24,7 +24,7 @@ from test_patches import _parse  # the real `vllm serve` parser with the cli_arg
 from medha_vllm import config as mc
 from medha_vllm.config import MedhaConfig
 
-OPTIONAL_NUMBERS = ("target_batch_time_s", "solo_batch_time_s", "tbt_slo_s",
+OPTIONAL_NUMBERS = ("target_batch_time_s", "solo_batch_time_s", "solo_quiet_s", "tbt_slo_s",
                     "min_request_deadline_s")
 ALL = [*mc._SPECS, *mc._BOOL_OPTS, *mc._CHOICE_OPTS, *mc._STR_OPTS]
 # Valid paths for the path options (created once; check_paths may write there).

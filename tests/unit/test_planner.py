@@ -54,6 +54,21 @@ def test_solo_budget_only_when_alone():
     assert company.budget_reason == "target" and company.chunks == {"x": 96}
 
 
+def test_solo_budget_only_after_the_quiet_period():
+    import dataclasses
+
+    quiet = dataclasses.replace(SETTINGS, solo_quiet_s=0.8)
+    lone = [req("x", 2000, 100)]
+    # Another request left the engine 0.5 s ago: the target budget still.
+    p = plan_iteration(dataclasses.replace(view(lone, now=10.0), last_company=9.5), quiet, work())
+    assert p.budget_reason == "target" and p.chunks == {"x": 96}
+    # 0.8 s after: the solo budget.
+    p = plan_iteration(dataclasses.replace(view(lone, now=10.3), last_company=9.5), quiet, work())
+    assert p.budget_reason == "solo" and p.chunks == {"x": 384}
+    # Never had company (a lone prompt from the start): solo at once.
+    assert plan_iteration(view(lone, now=0.0), quiet, work()).budget_reason == "solo"
+
+
 def test_waiting_cut_and_free_slot_cap():
     waiting = [req(f"w{i}", 20, deadline=1.0 + i) for i in range(10)]
     p = plan_iteration(view(waiting=waiting, free_slots=3), SETTINGS, work())
