@@ -165,7 +165,7 @@ def test_metrics_has_medha_and_vllm_series(server, client):
                  "medha:iteration_time_seconds_count", "medha:preemptions_total",
                  "medha:deadline_misses_total", "medha:predictor_error_ratio",
                  "medha:target_batch_time_seconds", "medha:aborted_requests_total",
-                 "vllm:time_to_first_token_seconds_count"):
+                 "medha:first_token_yields_total", "vllm:time_to_first_token_seconds_count"):
         assert name in text, name
     assert gauge(text, "medha:chunk_size_tokens_count") >= 1
     # The budget exported is the one the scheduler derived from this host's
