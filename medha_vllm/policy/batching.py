@@ -25,6 +25,8 @@ class PrefillCandidate:
     rho: float
     # Long request (prompt >= long_request_threshold): space sharing applies.
     is_long: bool
+    # User priority class (vLLM's `priority`, lower first).
+    user_priority: int = 0
 
 
 @dataclass
@@ -35,7 +37,8 @@ class BatchPlan:
     predicted_time_s: float = 0.0
     # The batch's shape (for the predictor's error accounting).
     shape: BatchShape = field(default_factory=BatchShape)
-    # The long prefill that sat out this batch for a short one's first token.
+    # The long prefill (running or waiting) that this batch was planned
+    # without, for a short one's first token.
     yielded: str | None = None
 
 
@@ -57,8 +60,9 @@ def plan_batch(
     every prediction (the online measured/predicted ratio).
 
     First-token yield (with space sharing): when the batch can end a short
-    prefill (its whole remaining prompt fits, so the iteration ends with its
-    first token), the long prefill with slack (rho > 0) sits out the batch.
+    prefill of the long one's user priority class or a more urgent one (its
+    whole remaining prompt fits, so the iteration ends with its first token),
+    the long prefill with slack (rho > 0) sits out the batch.
     NOTE(medha): a short request's TTFT is the iteration in flight when it
     arrives plus the iteration that carries its prefill. Space sharing alone
     leaves at least target x (1 - rho_max) of long chunk in the second one:
@@ -74,7 +78,8 @@ def plan_batch(
             plan = plan_batch(decode_contexts, shorts, predictor, target_s, token_budget,
                               min_chunk, max_chunk, space_sharing, rho_max, correction,
                               max_new_prefills)
-            if any(plan.chunks.get(c.req_id) == c.remaining_tokens for c in shorts):
+            if any(plan.chunks.get(c.req_id) == c.remaining_tokens
+                   and c.user_priority <= lead.user_priority for c in shorts):
                 plan.yielded = lead.req_id
                 return plan
     shape = BatchShape(decode_contexts=tuple(decode_contexts))

@@ -17,9 +17,10 @@ fits the chunk below 45,120 tokens of context, and it lengthened every
 iteration, not only those near 64K: short TTFT P50 0.19 s against 0.16 s
 (isolation 2.26 vs 1.87 x idle), TBT P99 262 vs 187 ms, for the same long
 TTFT (180.8 vs 181.6 s). Past the context where one chunk of min_chunk_size
-exceeds the budget the planner runs that one chunk anyway (the most urgent
-prefill always progresses, policy/batching.py), so the long prefill loses
-nothing there; the start-up log says from which context that happens.
+exceeds the budget, the most urgent prefill still runs one such chunk over
+the budget (policy/batching.py); a long prefill ranked behind a short one
+there gets a batch of its own next instead of a share of the short one's.
+The start-up log says from which context that happens.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def overrun_context(predictor: LinearBatchPredictor, chunk: int, budget_s: float
             hi = mid
         else:
             lo = mid + 1
-    return lo * chunk
+    # Past the grid's last point only max_context itself may overrun.
+    return lo * chunk if time_at(lo * chunk) > budget_s else max_context
 
 
 def derive_target(predictor: LinearBatchPredictor, context: int, min_chunk: int,

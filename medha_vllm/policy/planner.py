@@ -15,9 +15,12 @@ The decisions, in the order they are taken (each one a named helper below):
 2. `rank`: prefills by (user priority, relative slack, arrival): LARS.
 3. `waiting cut`: waiting requests matter only when a running slot is free,
    and then only the `waiting_rank_limit` most urgent (heap selection).
-4. `solo budget`: a prefill alone in the engine gets the larger solo budget.
+4. `solo budget`: a prefill alone in the engine, after a quiet period with
+   no other request, gets the larger solo budget.
 5. `plan_batch` (batching.py): decodes first, then chunks in priority order,
-   each the largest that fits the budget; space sharing caps one long prefill.
+   each the largest that fits the budget; space sharing caps one long
+   prefill, which sits out a batch that ends a short prompt while it is
+   ahead of its deadline (first-token yield).
 6. `drain split`: with several pipeline stages, the end of a long prompt is
    split ever smaller so the pipeline drains after a small chunk.
 7. `free-slot cap`: never admit more waiting requests than free slots.
@@ -149,7 +152,8 @@ class IterationPlan:
     # Running prefills to free now and recompute later (KV for `admit`).
     victims: tuple[str, ...] = ()
     # The long prefill that sat out this iteration for a short one's first
-    # token (first-token yield; it is also in `paused`), or None.
+    # token (first-token yield; in `paused` when it is running, not admitted
+    # when it is waiting), or None.
     yielded: str | None = None
     # Iteration budget (s) and why: "target" or "solo".
     budget_s: float = 0.0
@@ -255,7 +259,8 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
                               remaining_tokens=r.total_tokens - r.computed_tokens,
                               computed_tokens=r.computed_tokens,
                               rho=k.rho if k.tier else -math.inf,  # starving: full budget
-                              is_long=r.prompt_tokens >= s.long_request_threshold)
+                              is_long=r.prompt_tokens >= s.long_request_threshold,
+                              user_priority=k.user_priority)
              for k, r, _ in keyed]
     max_chunk = min(s.max_chunk, view.token_budget)
 
@@ -293,7 +298,7 @@ def plan_iteration(view: EngineView, settings: PlannerSettings, work: PrefillWor
         admit=tuple(r.req_id for r in admit),
         paused=tuple(r.req_id for r in live_prefills if r.req_id not in chunks),
         victims=tuple(r.req_id for r in victims),
-        yielded=batch.yielded if batch.yielded not in victim_ids else None,
+        yielded=batch.yielded,
         budget_s=budget, budget_reason="solo" if solo else "target",
         predicted_time_s=batch.predicted_time_s,
         most_urgent_rho=keyed[0][0].rho if keyed and s.order == "lars" else None,

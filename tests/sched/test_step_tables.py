@@ -143,6 +143,74 @@ def test_first_token_yield_long_prefill_sits_out_the_short_prompts_last_chunk(sy
     assert shared.sched.metrics.snap.first_token_yields == 0
 
 
+def test_kv_exhaustion_urgent_request_frees_the_least_urgent_prefill(synthetic_path):
+    # 31 free blocks of 16 tokens (496 tokens). A (480 tokens, 30 blocks)
+    # holds 24 blocks after 4 chunks; u (160 tokens, 10 blocks, due in
+    # 0.2 s) arrives at 0.35 and is more urgent (rho 0.25 against A's 0.5).
+    s = scheduler(synthetic_path, num_blocks=32)
+    free0 = s.kv_cache_manager.block_pool.get_num_free_blocks()
+    d = Driver(s, MS_PER_TOKEN.predict, [make_request("A", 480, 0.0),
+                                         make_request("u", 160, 0.35, ttft_deadline_s=0.2)])
+    d.run()
+    assert [(round(r.t, 3), r.run, r.paused, r.recomputed) for r in d.rows] == [
+        (0.0, {"A": 96}, (), ()), (0.096, {"A": 96}, (), ()),
+        (0.192, {"A": 96}, (), ()), (0.288, {"A": 96}, (), ()),
+        # 7 blocks free < 10: A is freed (recomputed later), u admitted.
+        (0.384, {"u": 96}, (), ("A",)),
+        # A is now late (rho < 0) and more urgent than u, but a request that
+        # was freed waits for blocks instead of evicting its evictor (no
+        # ping-pong: the first version of the planner thrashed here).
+        (0.48, {"u": 64}, (), ()),
+        (0.544, {"A": 96}, (), ()), (0.64, {"A": 96}, (), ()), (0.736, {"A": 96}, (), ()),
+        (0.832, {"A": 96}, (), ()), (0.928, {"A": 96}, (), ()),
+        (1.024, {}, (), ()),
+    ]
+    assert d.first_token == pytest.approx({"u": 0.544, "A": 1.024})
+    assert s.kv_cache_manager.block_pool.get_num_free_blocks() == free0
+
+
+def test_kv_exhaustion_no_eviction_that_cannot_admit(synthetic_path):
+    # 63 free blocks. C (relaxed) holds 6 blocks, A (urgent) 36 after six
+    # chunks; u (480 tokens = 30 blocks) arrives at 0.5, between them in
+    # urgency: 21 free + C's 6 < 30, so freeing C would not admit u.
+    s = scheduler(synthetic_path, num_blocks=64)
+    d = Driver(s, MS_PER_TOKEN.predict, [
+        make_request("C", 400, 0.0, ttft_deadline_s=1000.0),
+        make_request("A", 800, 0.05, ttft_deadline_s=1.0),
+        make_request("u", 480, 0.5, ttft_deadline_s=3.0)])
+    d.run()
+    assert all(not r.recomputed for r in d.rows), "a request was freed for nothing"
+    table = compress(d.rows)
+    assert table[:3] == [(1, {"C": 96}, (), ()), (8, {"A": 96}, ("C",), ()),
+                         (1, {"A": 32, "C": 64}, (), ())]
+    # u waits for A's blocks (A finishes at 0.96), then runs before C.
+    assert table[3] == (5, {"u": 96}, ("C",), ())
+    assert d.first_token == pytest.approx({"A": 0.96, "u": 1.44, "C": 1.68})
+
+
+def test_solo_budget_after_the_quiet_period(synthetic_path):
+    # Solo budget 0.4 s (384 tokens), its quiet period 2 x 0.4 = 0.8 s.
+    s = scheduler(synthetic_path, medha={"solo_batch_time_s": 0.4})
+    assert s.settings.solo_quiet_s == pytest.approx(0.8)
+    d = Driver(s, MS_PER_TOKEN.predict, [make_request("L", 6000, 0.0),
+                                         make_request("s", 50, 1.0)])
+    d.run()
+    rows = [(round(r.t, 3), r.run) for r in d.rows if r.t < 2.7]
+    assert rows == [
+        # Alone from the start: solo chunks at once.
+        (0.0, {"L": 384}), (0.384, {"L": 384}), (0.768, {"L": 384}),
+        # The short request arrived at 1.0 (during a solo step): the target
+        # budget; it waits for LARS (L is not long for space sharing here).
+        (1.152, {"L": 96}), (1.248, {"L": 96}), (1.344, {"L": 96}),
+        (1.44, {"L": 32, "s": 50}),  # its prefill and only token
+        # L alone again, but the engine had company at 1.44: the target
+        # budget until 1.44 + 0.8 = 2.24, then solo.
+        *[(round(1.522 + 0.096 * k, 3), {"L": 96}) for k in range(8)],
+        (2.29, {"L": 384}), (2.674, {"L": 384}),
+    ]
+    assert s.last_company == pytest.approx(1.44)
+
+
 def test_spp_two_batches_in_flight_and_drain_split(synthetic_path):
     tenth_ms = LinearBatchPredictor([0.0, 1e-4, 0.0, 0.0, 0.0, 0.0])  # 992 tokens per 0.1 s
     s = scheduler(synthetic_path, tenth_ms, medha={"long_request_threshold": 4096}, pp=2,

@@ -177,3 +177,15 @@ def test_first_token_yield_needs_space_sharing():
     plan = plan_batch([], cands, FAKE, 0.1, 8192, 32, 8192, space_sharing=False,
                       first_token_yield=True)
     assert plan.yielded is None and plan.chunks["L"] > 0
+
+
+def test_first_token_yield_only_to_a_short_of_the_same_or_a_more_urgent_class():
+    def batch(short_priority):
+        cands = [PrefillCandidate("L", 100_000, 50_000, 0.4, True, user_priority=1),
+                 PrefillCandidate("s", 300, 0, 20.0, False, user_priority=short_priority)]
+        return plan_batch([], cands, FAKE, 0.1, 8192, 32, 8192, first_token_yield=True)
+
+    assert batch(0).yielded == "L" and batch(1).yielded == "L"
+    # A short request of a less urgent class does not make the long one yield.
+    less = batch(2)
+    assert less.yielded is None and less.chunks["L"] > 0

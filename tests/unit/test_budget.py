@@ -29,6 +29,10 @@ def test_overrun_context_is_the_first_context_on_the_grid_past_the_budget():
     assert SLOW_CTX.predict(BatchShape(((32, over - 32),))) <= 0.15
     assert over == 113_024
     assert overrun_context(SLOW_CTX, 32, 0.15, 65536) is None
+    # Off the grid: 113,020 is below the grid's 113,024 and overruns only
+    # at its own length (0.037 + 0.11302 > 0.15).
+    assert overrun_context(SLOW_CTX, 32, 0.15, 113_020) == 113_020
+    assert overrun_context(SLOW_CTX, 32, 0.15, 112_999) is None
 
 
 def test_context_cost_alone_keeps_the_platform_default_and_says_where_it_overruns():
